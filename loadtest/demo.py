@@ -1,0 +1,172 @@
+"""`loadtest demo`: the whole pipeline on this machine, end to end, in one command.
+
+Build (or reuse) a real teacher and a real distilled student -> export both to ONNX with parity checks
+into a Triton model repository -> serve them on an embedded Triton -> drive the same open-loop load at
+both in rising steps with Locust (a subprocess: gevent never enters this process) -> evaluate quality
+through the served models -> analyze into tables and report.html. Nothing here is simulated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+DEFAULT_RATES = (20.0, 60.0, 120.0, 200.0)
+QUICK_RATES = (20.0, 80.0)
+
+
+@dataclass
+class DemoOptions:
+    """What `loadtest demo` takes; defaults give a run of a few minutes on a 2-core machine."""
+
+    quick: bool = False
+    repository: Path = Path("model_repository")
+    results: Path = Path("results")
+    cache_dir: Path | None = None
+    rates: tuple[float, ...] = field(default_factory=lambda: DEFAULT_RATES)
+    step_seconds: float = 20.0
+    warmup_seconds: float = 3.0
+    protocol: str = "http"
+    budget_ms: float = 100.0
+    percentile: float = 95.0
+    batch_size: int = 1
+    quality: bool = True
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 2000
+    instance_count: int = 1
+
+    @classmethod
+    def quick_preset(cls, **overrides) -> "DemoOptions":
+        base = dict(quick=True, rates=QUICK_RATES, step_seconds=8.0, warmup_seconds=2.0)
+        return cls(**{**base, **overrides})
+
+
+def run_demo(options: DemoOptions, console=None) -> Path:
+    """Run the demo and return its run directory."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from exporters.pipeline import export_pair
+    from loadtest.demopair.build import DemoSettings, build_or_reuse
+    from loadtest.load.rundir import create_run_dir
+    from loadtest.repository import TritonModelSettings
+    from loadtest.serving import EmbeddedTriton, ServerPorts
+
+    console = console or Console()
+    started = time.time()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
+
+    # 1. the pair
+    settings = DemoSettings.quick() if options.quick else DemoSettings()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("demo pair", total=1.0, note="")
+        pair = build_or_reuse(
+            settings,
+            cache_dir=options.cache_dir,
+            progress=lambda message, fraction: progress.update(task, completed=fraction, note=message),
+        )
+        progress.update(task, completed=1.0, note="reused from cache" if pair.reused else f"built in {pair.build_seconds:.0f} s")
+
+    # 2. export
+    serving = TritonModelSettings(
+        max_batch_size=options.max_batch_size,
+        max_queue_delay_us=options.max_queue_delay_us,
+        instance_count=options.instance_count,
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("export + parity", total=1.0, note="")
+        report = export_pair(
+            pair.teacher_dir,
+            pair.student_dir,
+            options.repository,
+            serving,
+            overwrite=True,
+            progress=lambda message, fraction=None: progress.update(task, note=message, **({"completed": fraction} if fraction is not None else {})),
+        )
+        progress.update(task, completed=1.0, note=f"{options.repository}/ written")
+    del report
+
+    run_dir = create_run_dir(options.results, "demo")
+    console.print(f"run directory: [bold]{run_dir}[/]")
+
+    # 3. serve, load, evaluate
+    with console.status("starting the embedded Triton ..."):
+        server = EmbeddedTriton(options.repository, ServerPorts(8000, 8001, 8002), pick_free_ports=True,
+                                log_file=run_dir / "triton.log")
+        server.start()
+    try:
+        console.print(f"Triton READY on {server.http_url} (gRPC {server.grpc_url}, metrics {server.metrics_url})")
+        _drive_load(options, server, run_dir, console)
+        if options.quality:
+            from loadtest.quality.runner import EvalSettings, run_eval
+
+            run_eval(
+                EvalSettings(dataset=pair.eval_path, host=server.http_url, repository=options.repository, run_dir=run_dir),
+                console=console,
+            )
+    finally:
+        with console.status("stopping Triton ..."):
+            server.stop()
+
+    # 4. analyze
+    from loadtest.analysis import analyze_run, render_terminal
+
+    with console.status("analyzing ..."):
+        analysis = analyze_run(run_dir, budget_ms=options.budget_ms, percentile=options.percentile)
+    render_terminal(analysis, console)
+    console.print(f"\n[bold green]done[/] in {time.time() - started:.0f} s: {run_dir}/report.html, tables in {run_dir}/tables/")
+    return run_dir
+
+
+def _drive_load(options: DemoOptions, server, run_dir: Path, console) -> None:
+    """Open-loop A/B steps: teacher and student get the same requests at the same rates."""
+    from loadtest.load.runner import LocustRun, run_locust
+
+    host = server.http_url if options.protocol == "http" else server.grpc_url
+    run = LocustRun(
+        scenario=Path(__file__).resolve().parent.parent / "scenarios" / "ab_open_loop.py",
+        host=host,
+        run_dir=run_dir,
+        repository=options.repository,
+        rates=list(options.rates),
+        step_seconds=options.step_seconds,
+        warmup_seconds=options.warmup_seconds,
+        batch_size=options.batch_size,
+        triton_metrics_url=server.metrics_url,
+    )
+    result = run_locust(run, console=console)
+    result.raise_for_status()
+
+
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="Small pair and short load (about 2 minutes; what the tests run)."),
+    repo: Path = typer.Option(Path("model_repository"), "--repo", help="Where to write the Triton model repository."),
+    results: Path = typer.Option(Path("results"), "--results", help="Parent folder of run directories (never overwritten)."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Demo pair cache (default $LOADTEST_CACHE or ~/.cache/loadtest)."),
+    rate: list[float] = typer.Option(None, "--rate", help="Open-loop arrival rates (req/s) to step through; repeatable."),
+    step_seconds: float = typer.Option(None, "--step-seconds", help="Seconds per load step (after warm-up)."),
+    protocol: str = typer.Option("http", "--protocol", help="http or grpc."),
+    budget_ms: float = typer.Option(100.0, "--budget-ms", help="Latency budget for QPS-at-budget and the verdict."),
+    percentile: float = typer.Option(95.0, "--percentile", help="Percentile the budget applies to (95 or 99)."),
+    no_quality: bool = typer.Option(False, "--no-quality", help="Skip the quality evaluation through the served models."),
+) -> None:
+    """Build a teacher/student pair, export, serve on an embedded Triton, load both, evaluate, report."""
+    from loadtest.errors import LoadtestError
+
+    if protocol not in ("http", "grpc"):
+        raise LoadtestError(f"--protocol must be http or grpc, not {protocol!r}")
+    overrides = dict(repository=repo, results=results, cache_dir=cache_dir, protocol=protocol, budget_ms=budget_ms,
+                     percentile=percentile, quality=not no_quality)
+    if rate:
+        overrides["rates"] = tuple(rate)
+    if step_seconds:
+        overrides["step_seconds"] = step_seconds
+    options = DemoOptions.quick_preset(**overrides) if quick else DemoOptions(**overrides)
+    run_demo(options)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

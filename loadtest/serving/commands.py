@@ -1,0 +1,76 @@
+"""`loadtest serve`: a real Triton on this machine, configured from the repository's config.pbtxt files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    repo: Path = typer.Option(Path("model_repository"), "--repo", help="Triton model repository to serve."),
+    http_port: int = typer.Option(8000, help="HTTP/REST (KServe v2) port."),
+    grpc_port: int = typer.Option(8001, help="gRPC port."),
+    metrics_port: int = typer.Option(8002, help="Prometheus /metrics port."),
+    address: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to the network."),
+    pick_free_ports: bool = typer.Option(False, "--pick-free-ports", help="Replace busy ports by free ones instead of failing."),
+    intra_op_threads: int = typer.Option(0, help="ONNX Runtime threads per instance (0: cores / instance count)."),
+    log_file: Path = typer.Option(None, help="Where Triton writes its log (default: a file in the temp dir)."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Triton verbose logging level."),
+) -> None:
+    """Serve a model repository on an embedded Triton Inference Server until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from loadtest.serving.embedded import EmbeddedTriton, ServerPorts
+
+    console = Console()
+    server = EmbeddedTriton(
+        repo,
+        ServerPorts(http_port, grpc_port, metrics_port),
+        address=address,
+        pick_free_ports=pick_free_ports,
+        intra_op_threads=intra_op_threads or None,
+        log_verbose=verbose,
+        log_file=log_file,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with console.status(f"starting Triton with {len(server.models)} model(s) from {repo} ..."):
+        server.start()
+    try:
+        table = Table(title="Triton Inference Server (embedded) is READY", title_justify="left")
+        table.add_column("model")
+        table.add_column("max batch", justify="right")
+        table.add_column("queue delay µs", justify="right")
+        table.add_column("instances", justify="right")
+        from loadtest.repository import settings_from_config
+
+        for name in server.models:
+            settings = settings_from_config(server.model_repository.read_config(name))
+            table.add_row(
+                name,
+                str(settings.max_batch_size),
+                str(settings.max_queue_delay_us) if settings.dynamic_batching else "off",
+                f"{settings.instance_count} {settings.instance_kind}",
+            )
+        console.print(table)
+        console.print(f"HTTP    {server.http_url}\ngRPC    {server.grpc_url}\nmetrics {server.metrics_url}")
+        console.print(f"log     {server.log_file}\n[dim]Ctrl-C or SIGTERM stops the server.[/]")
+        while not stop.wait(1.0):
+            if not server.is_alive():
+                from loadtest.errors import LoadtestError
+
+                raise LoadtestError(f"Triton exited unexpectedly; see {server.log_file}")
+    finally:
+        with console.status("stopping Triton ..."):
+            server.stop()
+        console.print("Triton stopped.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
