@@ -8,6 +8,7 @@ small. Command modules import heavy libraries (torch, onnxruntime, pandas) insid
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -41,8 +42,12 @@ for _module in COMMAND_MODULES:
 
 def main() -> None:
     """Console entry point: user errors become one red line and exit status 2, never a traceback."""
+    # Library chatter (tqdm bars from transformers' saves, hub notices) would drown our own progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False returns a command's exit code instead of raising it: pass it on.
+        sys.exit(app(standalone_mode=False) or 0)
     except LoadtestError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
