@@ -1,0 +1,181 @@
+"""Batched inference on the *served* models through tritonclient (HTTP or gRPC), never through Locust.
+
+The evaluation is not a load test: requests go one batch at a time, as large as the model's
+``max_batch_size`` (config.pbtxt) and the user's ``--batch-size`` allow, examples sorted by length so a
+batch pads little. Inputs are built exactly as the load generator builds them: the repository's tokenizer,
+INT64 ``input_ids`` / ``attention_mask`` / ``token_type_ids`` as the model's config declares them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import numpy as np
+
+from loadtest.errors import LoadtestError
+from loadtest.quality.dataset import EncodedInputs
+
+KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the client needs to know about one model: from the repository's config.pbtxt."""
+
+    name: str
+    inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype)
+    output: str
+    max_batch_size: int  # 0: the model takes no batch dimension of its own, one example per request
+
+
+def describe_model(repository, name: str) -> ServedModel:
+    """Read a model's inputs, output and max_batch_size from ``config.pbtxt`` (via ModelRepository)."""
+    from loadtest.repository import tensor_specs
+
+    config = repository.read_config(name)
+    inputs = tensor_specs(config.input)
+    unknown = [spec.name for spec in inputs if spec.name not in KNOWN_INPUTS]
+    if unknown:
+        raise LoadtestError(f"model '{name}' takes inputs {unknown} that a text classifier client cannot build (known: {', '.join(KNOWN_INPUTS)})")
+    if not any(spec.name == "input_ids" for spec in inputs):
+        raise LoadtestError(f"model '{name}' has no 'input_ids' input in its config.pbtxt")
+    outputs = [spec.name for spec in tensor_specs(config.output)]
+    if not outputs:
+        raise LoadtestError(f"model '{name}' declares no output in its config.pbtxt")
+    output = "logits" if "logits" in outputs else outputs[0]
+    return ServedModel(name, tuple((s.name, s.dtype) for s in inputs), output, int(config.max_batch_size))
+
+
+def parse_host(host: str) -> tuple[str, str]:
+    """``http://h:p`` / ``grpc://h:p`` / ``h:p`` -> (protocol, "h:p")."""
+    parsed = urlparse(host if "://" in host else f"http://{host}")
+    if parsed.scheme not in ("http", "grpc"):
+        raise LoadtestError(f"--host {host!r}: use http://HOST:PORT (or grpc://HOST:PORT)")
+    if not parsed.hostname:
+        raise LoadtestError(f"--host {host!r} names no host")
+    port = parsed.port or (8001 if parsed.scheme == "grpc" else 8000)
+    return parsed.scheme, f"{parsed.hostname}:{port}"
+
+
+class TritonEvaluator:
+    """A tritonclient connection that returns each model's logits for a set of encoded examples."""
+
+    def __init__(self, host: str, timeout_s: float = 120.0):
+        self.host = host
+        self.protocol, self.address = parse_host(host)
+        self.timeout_s = timeout_s
+        if self.protocol == "grpc":
+            import tritonclient.grpc as client_module
+        else:
+            import tritonclient.http as client_module
+        self._module = client_module
+        try:
+            if self.protocol == "grpc":
+                self._client = client_module.InferenceServerClient(self.address)
+            else:
+                self._client = client_module.InferenceServerClient(
+                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s
+                )
+        except Exception as exc:  # malformed address and the like
+            raise LoadtestError(f"cannot create a Triton client for {host}: {exc}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> TritonEvaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            raise LoadtestError(f"Triton at {self.host}: {what}: {exc.message() or exc}") from None
+        except (OSError, ConnectionError) as exc:
+            raise LoadtestError(f"cannot reach Triton at {self.host} ({what}): {exc}") from None
+
+    def check_ready(self, names: list[str]) -> None:
+        """Fail with one line when the server is down or a model is not loaded."""
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        if not self._call("is the server live?", self._client.is_server_live, **kwargs):
+            raise LoadtestError(f"Triton at {self.host} is not live")
+        for name in names:
+            if not self._call(f"is model '{name}' ready?", self._client.is_model_ready, name, **kwargs):
+                raise LoadtestError(
+                    f"model '{name}' is not ready on Triton at {self.host} (check --teacher/--student and the server's log)"
+                )
+
+    def logits(
+        self,
+        model: ServedModel,
+        encoded: EncodedInputs,
+        batch_size: int,
+        pad_id: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Logits (n, num_labels) for every example, in the dataset's order; ``on_batch(rows)`` after each batch."""
+        n = len(encoded.input_ids)
+        limit = model.max_batch_size if model.max_batch_size > 0 else 1
+        size = max(1, min(batch_size, limit))
+        order = np.argsort(encoded.sent_tokens, kind="stable")
+        result: np.ndarray | None = None
+        for start in range(0, n, size):
+            rows = order[start : start + size]
+            arrays = self._batch_arrays(model, encoded, rows, pad_id)
+            out = self._infer(model, arrays)
+            if out.ndim != 2 or out.shape[0] != len(rows):
+                raise LoadtestError(
+                    f"model '{model.name}' returned '{model.output}' of shape {list(out.shape)} for a batch of {len(rows)};"
+                    " expected [batch, num_labels]"
+                )
+            if result is None:
+                result = np.empty((n, out.shape[1]), dtype=np.float64)
+            elif out.shape[1] != result.shape[1]:
+                raise LoadtestError(f"model '{model.name}' changed its output width between batches ({result.shape[1]} -> {out.shape[1]})")
+            result[rows] = out
+            if on_batch:
+                on_batch(len(rows))
+        assert result is not None
+        return result
+
+    def _batch_arrays(self, model: ServedModel, encoded: EncodedInputs, rows: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+        length = int(max(encoded.sent_tokens[rows]))
+        ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), length), dtype=np.int64)
+        types = np.zeros((len(rows), length), dtype=np.int64)
+        for i, row in enumerate(rows):
+            tokens = encoded.input_ids[row]
+            ids[i, : len(tokens)] = tokens
+            mask[i, : len(tokens)] = 1
+            if encoded.token_type_ids is not None:
+                types[i, : len(tokens)] = encoded.token_type_ids[row]
+        built = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: built[name].astype(dtype) for name, dtype in model.inputs}
+
+    def _infer(self, model: ServedModel, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        from tritonclient.utils import np_to_triton_dtype
+
+        inputs = []
+        for name, array in arrays.items():
+            tensor = self._module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            if self.protocol == "grpc":
+                tensor.set_data_from_numpy(array)
+            else:
+                tensor.set_data_from_numpy(array, binary_data=True)
+            inputs.append(tensor)
+        if self.protocol == "grpc":
+            outputs = [self._module.InferRequestedOutput(model.output)]
+            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s)
+        else:
+            outputs = [self._module.InferRequestedOutput(model.output, binary_data=True)]
+            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs)
+        out = response.as_numpy(model.output)
+        if out is None:
+            raise LoadtestError(f"model '{model.name}' returned no '{model.output}' output")
+        return np.asarray(out, dtype=np.float64)
