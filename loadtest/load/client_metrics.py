@@ -1,0 +1,74 @@
+"""Client-side Prometheus metrics of one load-generator process.
+
+Why our own: Locust core has no Prometheus endpoint, and its percentiles are bucketed. Each process
+exposes its own registry (a scrape target per process; sum over ``instance`` in PromQL), so nothing
+is averaged before Prometheus sees it. Names and labels are a contract (docs/architecture.md,
+"Client metrics"); the latency histogram's buckets cover 1 ms to 10 s.
+
+Never imports Locust or gevent: ``wsgi_app()`` is served by whatever server the caller runs.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+DEFAULT_METRICS_PORT = 9646
+# 1 ms .. 10 s, about three buckets per decade (1-2-5) plus the steps a latency budget usually sits on.
+LATENCY_BUCKETS_S = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+
+def metrics_port_for(base_port: int, worker_index: int | None) -> int:
+    """The port a process serves on: ``base`` for a standalone or master process, ``base + 1 + i`` for worker i."""
+    return base_port if worker_index is None else base_port + 1 + worker_index
+
+
+class ClientMetrics:
+    """The metrics of docs/architecture.md in a registry of their own (one per process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "loadtest_request_duration_seconds",
+            "Client-side request latency (open loop: from the intended send time).",
+            ["model", "protocol", "outcome"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.requests = Counter(
+            "loadtest_requests", "Requests completed, by outcome.", ["model", "protocol", "outcome"], registry=r
+        )
+        self.tokens = Counter(
+            "loadtest_tokens", "Input tokens (attention-mask sum) of successful requests.", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            "loadtest_in_flight_requests", "Requests sent and not yet answered.", ["model"], registry=r
+        )
+        self.offered_rate = Gauge(
+            "loadtest_offered_rate_rps",
+            "Open loop: the arrival rate this process is asked to offer (sum over processes = the target).",
+            ["model"],
+            registry=r,
+        )
+        self.late_sends = Counter(
+            "loadtest_late_sends", "Open-loop sends that left later than the tolerance after their intended time.",
+            ["model"], registry=r,
+        )  # fmt: skip
+        self.dropped_sends = Counter(
+            "loadtest_dropped_sends", "Open-loop sends that never left before their stage ended.", ["model"], registry=r
+        )
+
+    def observe(self, model: str, protocol: str, success: bool, latency_s: float, tokens: int) -> None:
+        """Account one completed request (called once per row written)."""
+        outcome = "success" if success else "failure"
+        self.request_duration.labels(model, protocol, outcome).observe(latency_s)
+        self.requests.labels(model, protocol, outcome).inc()
+        if success:
+            self.tokens.labels(model).inc(tokens)
+
+    def wsgi_app(self):
+        """A WSGI app serving this registry in the Prometheus text format (for ``/metrics``)."""
+        return make_wsgi_app(self.registry)

@@ -1,0 +1,85 @@
+"""``loadtest run``: one Locust scenario, headless, with its run directory and figures at the end.
+
+Locust stays in a child process (``loadtest.load.runner``); this module imports only typer at the top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="run", no_args_is_help=True)(run)
+
+
+def run(
+    scenario: str = typer.Argument(
+        ..., help="Scenario name (steady, step, spike, soak, open_loop, ab), a locustfile, or a folder of them."
+    ),
+    host: str = typer.Option(..., "--host", help="Triton: http://HOST:8000 (HTTP) or grpc://HOST:8001 (gRPC)."),
+    repository: Path = typer.Option(
+        Path("model_repository"), "--repository", help="Local copy of the model repository (tokenizer, inputs)."
+    ),
+    users: int | None = typer.Option(None, "-u", "--users", help="Closed loop: concurrent users (peak for shapes)."),
+    spawn_rate: float | None = typer.Option(None, "-r", "--spawn-rate", help="Users started per second."),
+    run_time: str = typer.Option("60s", "-t", "--run-time", help="How long to run (30s, 5m, 1h)."),
+    arrival_rate: float | None = typer.Option(
+        None, "--arrival-rate", help="Open loop: requests/s per model for the whole test."
+    ),
+    arrival: str | None = typer.Option(None, "--arrival", help="Open loop: constant or poisson."),
+    stages: str | None = typer.Option(
+        None, "--stages", help="Stage plan DURATION:VALUE[:LABEL],... (users, or requests/s for open_loop)."
+    ),
+    shape: str | None = typer.Option(None, "--shape", help="Pick a shape when several are loaded (or 'none')."),
+    models: str | None = typer.Option(None, "--models", help="Comma-separated models (default teacher,student)."),
+    dataset: Path | None = typer.Option(None, "--dataset", help="JSONL/CSV/Parquet payload rows (else synthetic)."),
+    lengths: str | None = typer.Option(
+        None, "--lengths", help="Synthetic lengths: fixed:N, uniform:MIN:MAX, lognormal:MEDIAN:SIGMA, dataset."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Rows per request."),
+    processes: int | None = typer.Option(None, "--processes", help="Locust worker processes on this machine."),
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where the run directory is created."),
+    metrics_port: int = typer.Option(9646, "--metrics-port", help="Prometheus endpoint of the load generator; 0: off."),
+    triton_metrics_url: str | None = typer.Option(
+        None, "--triton-metrics-url", help="Triton /metrics to snapshot (default: the host's port 8002)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not echo Locust's output."),
+) -> None:
+    """Run a Locust scenario headless against Triton; print the run directory and per-model latency."""
+    import sys
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from loadtest.load.runner import run_locust
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False))
+    with console.status(f"running {scenario} against {host} for {run_time}"):
+        result = run_locust(
+            scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
+            arrival=arrival, stages=stages, shape=shape, models=models, repository=repository, dataset=dataset,
+            lengths=lengths, batch_size=batch_size, results_dir=results_dir, processes=processes,
+            metrics_port=metrics_port, triton_metrics_url=triton_metrics_url, on_output=echo,
+        )  # fmt: skip
+    result.check()
+    summaries = result.summary()
+    table = Table(box=box.SIMPLE_HEAD, caption="latency percentiles: numpy 'linear' over every raw record")
+    columns = ("model", "requests", "failures", "late", "req/s", "tokens/s", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for s in summaries:
+        table.add_row(
+            s.model, str(s.requests), str(s.failures), str(s.late), f"{s.achieved_rps:.2f}", f"{s.tokens_per_s:.0f}",
+            f"{s.p50_s * 1e3:.3f}", f"{s.p95_s * 1e3:.3f}", f"{s.p99_s * 1e3:.3f}", f"{s.max_s * 1e3:.3f}",
+        )  # fmt: skip
+    console.print(table)
+    manifest = result.manifest()
+    rows = sum(s.requests for s in summaries)
+    console.print(f"records: {rows} rows; Locust counted {manifest.get('locust', {}).get('requests')} requests")
+    console.print(f"run directory: [bold]{result.run_dir}[/]")
+    if result.exit_code != 0:
+        raise typer.Exit(result.exit_code)

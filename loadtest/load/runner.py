@@ -1,0 +1,255 @@
+"""Run a Locust scenario as a subprocess and hand back its run directory.
+
+Why a subprocess: Locust monkey-patches the standard library with gevent on import; ``loadtest demo``
+and ``loadtest sweep`` (and the analyzer) must never import it. This module only builds a command
+line, streams the child's output and reads back what the run wrote.
+
+Typical use::
+
+    from loadtest.load.runner import run_locust
+
+    run = run_locust("open_loop", "http://127.0.0.1:8000", run_time="60s", arrival_rate=50,
+                     repository="model_repository", results_dir="results", kind="sweep-50rps")
+    run.check()                  # LoadtestError if Locust failed to run
+    run.run_dir                  # results/<run-id>/ (records/, metrics/, manifest.json, locust_*.csv)
+    run.summary()                # per-model figures from the raw records (numpy "linear" percentiles)
+
+``scenario`` is a scenario name (``steady``, ``step``, ``spike``, ``soak``, ``open_loop``, ``ab``), a
+locustfile, or a folder of them. Every keyword maps to one command-line option (see
+``loadtest.load.settings.OPTIONS``); ``extra_args`` passes anything else through to Locust.
+Never imports Locust or gevent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtest.errors import LoadtestError
+from loadtest.load.rundir import DEFAULT_RESULTS_DIR, RunDir, create_run_dir
+
+SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
+LOG_FILE = "locust.log"
+CSV_PREFIX = "locust"
+STOP_GRACE_S = 15.0
+
+
+def scenario_path(scenario: str | Path) -> Path:
+    """A scenario name (``step``), a locustfile, or a folder -> an existing path."""
+    path = Path(scenario)
+    if path.exists():
+        return path.resolve()
+    named = SCENARIOS_DIR / f"{scenario}.py"
+    if named.is_file():
+        return named
+    known = sorted(p.stem for p in SCENARIOS_DIR.glob("[!_]*.py")) if SCENARIOS_DIR.is_dir() else []
+    choices = ", ".join(known) or "none"
+    raise LoadtestError(f"no scenario '{scenario}': give a locustfile, a folder, or one of {choices}")
+
+
+@dataclass(frozen=True)
+class LocustRun:
+    """What one Locust run left behind."""
+
+    run_dir: Path
+    exit_code: int
+    command: list[str]
+    duration_s: float
+    output_tail: list[str] = field(default_factory=list)
+    timed_out: bool = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    @property
+    def ok(self) -> bool:
+        """Locust exited 0: it ran and no request failed (Locust exits 1 when any did)."""
+        return self.exit_code == 0 and not self.timed_out
+
+    def manifest(self) -> dict:
+        return RunDir(self.run_dir).read_manifest()
+
+    def locust_requests(self) -> int | None:
+        """Locust's own request count for the run (``None`` if the run did not finish)."""
+        return self.manifest().get("locust", {}).get("requests")
+
+    def records(self):
+        """The raw per-request records of every process (a pyarrow Table)."""
+        from loadtest.load.records import read_records
+
+        return read_records(self.run_dir)
+
+    def summary(self):
+        """Per-model figures from the records (``loadtest.load.summary.ModelSummary``)."""
+        from loadtest.load.summary import summarize_run
+
+        return summarize_run(self.run_dir)
+
+    def check(self) -> LocustRun:
+        """Raise LoadtestError unless Locust ran to the end (request failures alone are not an error here)."""
+        if self.timed_out:
+            raise LoadtestError(f"Locust did not finish in time; log: {self.log_path}")
+        if self.exit_code not in (0, 1) or not self.manifest().get("end"):
+            last = next((line for line in reversed(self.output_tail) if "error" in line.lower()), None)
+            detail = f": {last.strip()}" if last else ""
+            raise LoadtestError(f"Locust exited with status {self.exit_code}{detail} (log: {self.log_path})")
+        return self
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_command(
+    scenario: Path,
+    host: str,
+    run_dir: Path,
+    options: Mapping[str, object],
+    *,
+    users: int | None,
+    spawn_rate: float | None,
+    run_time: str | float | None,
+    processes: int | None,
+    extra_args: Sequence[str],
+    python: str,
+) -> list[str]:
+    """The ``python -m locust ...`` command line for a headless run writing into ``run_dir``."""
+    command = [python, "-m", "locust", "-f", str(scenario), "--headless", "--host", host, "--only-summary"]
+    command += ["--run-dir", str(run_dir), "--csv", str(run_dir / CSV_PREFIX), "--html", str(run_dir / "locust.html")]
+    if users is not None:
+        command += ["-u", str(users)]
+    if spawn_rate is not None:
+        command += ["-r", str(spawn_rate)]
+    if run_time is not None:
+        command += ["-t", f"{run_time}s" if isinstance(run_time, (int, float)) else str(run_time)]
+    if processes:
+        command += ["--processes", str(processes)]
+    for name, value in options.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        command += [_flag(name), str(value)]
+    return command + list(extra_args)
+
+
+def run_locust(
+    scenario: str | Path,
+    host: str,
+    *,
+    users: int | None = None,
+    spawn_rate: float | None = None,
+    run_time: str | float | None = None,
+    arrival_rate: float | None = None,
+    arrival: str | None = None,
+    stages: str | None = None,
+    shape: str | None = None,
+    models: Sequence[str] | None = None,
+    protocol: str | None = None,
+    repository: str | Path | None = None,
+    dataset: str | Path | None = None,
+    lengths: str | None = None,
+    batch_size: int | None = None,
+    max_in_flight: int | None = None,
+    results_dir: str | Path = DEFAULT_RESULTS_DIR,
+    run_dir: str | Path | None = None,
+    kind: str | None = None,
+    processes: int | None = None,
+    metrics_port: int | None = None,
+    triton_metrics_url: str | None = None,
+    gpu_metrics_url: str | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    on_output: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
+    python: str = sys.executable,
+) -> LocustRun:
+    """Run ``scenario`` headless against ``host`` in a child process; return its run directory and exit code.
+
+    The run directory is created here (``<results_dir>/<YYYYmmdd-HHMMSS>-<kind>``, never reused) unless
+    ``run_dir`` names one. Locust's output goes to ``on_output`` line by line and to ``<run_dir>/locust.log``.
+    ``timeout_s`` stops the child (SIGINT, then SIGKILL after a grace period) if it runs longer.
+    Options left ``None`` take the scenario's defaults (and ``LOADTEST_*`` environment variables).
+    """
+    path = scenario_path(scenario)
+    kind = kind or (path.stem if path.is_file() else path.name)
+    target = Path(run_dir) if run_dir is not None else create_run_dir(results_dir, kind)
+    target.mkdir(parents=True, exist_ok=True)
+    options = {
+        "arrival_rate": arrival_rate,
+        "arrival": arrival,
+        "stages": stages,
+        "shape": shape,
+        "models": models,
+        "protocol": protocol,
+        "repository": repository,
+        "dataset": dataset,
+        "lengths": lengths,
+        "batch_size": batch_size,
+        "max_in_flight": max_in_flight,
+        "metrics_port": metrics_port,
+        "triton_metrics_url": triton_metrics_url,
+        "gpu_metrics_url": gpu_metrics_url,
+    }
+    command = build_command(
+        path, host, target, options, users=users, spawn_rate=spawn_rate, run_time=run_time,
+        processes=processes, extra_args=extra_args, python=python,
+    )  # fmt: skip
+    child_env = dict(os.environ)
+    child_env.update(env or {})
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    tail: deque[str] = deque(maxlen=200)
+    started = time.monotonic()
+    timed_out = False
+    with open(target / LOG_FILE, "w") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env=child_env,
+            start_new_session=True,  # its own process group: --processes workers stop with it
+        )
+
+        def pump() -> None:
+            for line in process.stdout:
+                log_file.write(line)
+                tail.append(line.rstrip("\n"))
+                if on_output is not None:
+                    on_output(line.rstrip("\n"))
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _stop(process)
+        except KeyboardInterrupt:
+            _stop(process)
+            raise
+        finally:
+            reader.join(timeout=5)
+    return LocustRun(target, process.returncode, command, time.monotonic() - started, list(tail), timed_out)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGINT the child's process group (Locust stops cleanly and writes its records), then SIGKILL."""
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass

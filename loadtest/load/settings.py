@@ -1,0 +1,191 @@
+"""The load generator's settings: the option table, their typed view, and the Triton endpoint.
+
+Why separate from ``options`` (which registers them with Locust): the runner, the CLI and the tests
+read the same table without importing Locust. ``LoadOptions.from_namespace`` turns Locust's parsed
+namespace into one typed object the rest of the package reads. Never imports Locust or gevent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from loadtest.errors import LoadtestError
+from loadtest.load.client_metrics import DEFAULT_METRICS_PORT
+from loadtest.load.rundir import DEFAULT_RESULTS_DIR
+
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_TRITON_METRICS_PORT = 8002
+
+# (flag, env var, default, type, help); order = order in `locust --help` and in the web UI.
+OPTIONS: list[tuple[str, str, object, type, str]] = [
+    ("--repository", "LOADTEST_REPOSITORY", "model_repository", str,
+     "Model repository (local copy) giving the tokenizer, sequence limit and each model's inputs."),
+    ("--models", "LOADTEST_MODELS", "", str,
+     "Comma-separated Triton model names to load (default: teacher and student from loadtest.json)."),
+    ("--protocol", "LOADTEST_PROTOCOL", "auto", str,
+     "auto, http or grpc. auto follows the host scheme: grpc://HOST:PORT means gRPC, anything else HTTP."),
+    ("--dataset", "LOADTEST_DATASET", "", str,
+     "Payload rows from a JSONL/CSV/Parquet file: a text column, or pre-tokenised input_ids. Default: synthetic."),
+    ("--text-column", "LOADTEST_TEXT_COLUMN", "text", str, "Column of --dataset holding the text."),
+    ("--lengths", "LOADTEST_LENGTHS", "", str,
+     "Synthetic sequence lengths in tokens: fixed:N, uniform:MIN:MAX, lognormal:MEDIAN:SIGMA, or dataset "
+     "(resample --dataset's lengths). Default: --dataset's rows as they are, else fixed:128."),
+    ("--batch-size", "LOADTEST_BATCH_SIZE", 1, int, "Rows per request (client-side batch)."),
+    ("--payload-pool", "LOADTEST_PAYLOAD_POOL", 1024, int, "Distinct requests prepared per process, cycled."),
+    ("--seed", "LOADTEST_SEED", 0, int, "Seed of the payloads and of Poisson arrivals."),
+    ("--arrival-rate", "LOADTEST_ARRIVAL_RATE", 10.0, float,
+     "Open loop: requests/s per model for the whole test (split over open-loop users and workers)."),
+    ("--arrival", "LOADTEST_ARRIVAL", "constant", str, "Open loop: constant or poisson inter-arrival times."),
+    ("--late-tolerance", "LOADTEST_LATE_TOLERANCE", 0.010, float,
+     "Open loop: a send leaving more than this many seconds after its intended time counts as late."),
+    ("--max-in-flight", "LOADTEST_MAX_IN_FLIGHT", 64, int,
+     "Open loop: most requests in flight per model per open-loop user; beyond it sends wait (late)."),
+    ("--stages", "LOADTEST_STAGES", "", str,
+     "Stage plan for the step/spike/soak/rate shapes: DURATION:VALUE[:LABEL],... e.g. 30s:4,30s:8,1m:16 "
+     "(VALUE = users; for the open-loop rate plan, requests/s per model). Default: derived from -u and -t."),
+    ("--shape", "LOADTEST_SHAPE", "", str,
+     "Pick a load shape by class or kind (step, spike, soak, rate) when several are loaded; 'none' for "
+     "plain -u/-r/-t. With several loaded and none picked, no shape runs."),
+    ("--records-dir", "LOADTEST_RECORDS_DIR", DEFAULT_RESULTS_DIR, str,
+     "Where run directories (records, manifest, metrics snapshots) are created."),
+    ("--run-dir", "LOADTEST_RUN_DIR", "", str, "Exact run directory to write (must not hold a run yet)."),
+    ("--metrics-port", "LOADTEST_METRICS_PORT", DEFAULT_METRICS_PORT, int,
+     "Prometheus endpoint of this process (worker i of --processes/--worker: PORT+1+i); 0 disables."),
+    ("--triton-metrics-url", "LOADTEST_TRITON_METRICS_URL", "", str,
+     "Triton /metrics to snapshot at test start, stage changes and stop (default: host's port 8002; none: off)."),
+    ("--gpu-metrics-url", "LOADTEST_GPU_METRICS_URL", "", str, "GPU exporter /metrics to snapshot likewise."),
+    ("--request-timeout", "LOADTEST_REQUEST_TIMEOUT", 60.0, float, "Network timeout of one request, seconds."),
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where Triton is and how to talk to it."""
+
+    protocol: str  # http | grpc
+    host: str
+    port: int
+    ssl: bool = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as tritonclient wants it (no scheme)."""
+        return f"{self.host}:{self.port}"
+
+
+def parse_endpoint(host: str | None, protocol: str = "auto") -> Endpoint:
+    """Protocol and address from ``--host`` and ``--protocol`` (the option wins over the scheme)."""
+    if not host:
+        raise LoadtestError("no Triton host: pass --host http://HOST:8000 or --host grpc://HOST:8001")
+    protocol = (protocol or "auto").lower()
+    if protocol not in ("auto", "http", "grpc"):
+        raise LoadtestError(f"--protocol must be auto, http or grpc, got '{protocol}'")
+    parts = urlsplit(host if "://" in host else f"//{host}")
+    scheme = (parts.scheme or "").lower()
+    if scheme not in ("", "http", "https", "grpc", "grpcs"):
+        raise LoadtestError(f"--host {host}: scheme must be http, https, grpc or grpcs")
+    if protocol == "auto":
+        protocol = "grpc" if scheme.startswith("grpc") else "http"
+    if not parts.hostname:
+        raise LoadtestError(f"--host {host} has no host name")
+    try:
+        port = parts.port
+    except ValueError:
+        raise LoadtestError(f"--host {host} has an invalid port") from None
+    default_port = DEFAULT_GRPC_PORT if protocol == "grpc" else DEFAULT_HTTP_PORT
+    return Endpoint(protocol, parts.hostname, port or default_port, ssl=scheme in ("https", "grpcs"))
+
+
+def default_triton_metrics_url(host: str | None) -> str | None:
+    """Triton's metrics endpoint on the same host, port 8002."""
+    if not host:
+        return None
+    parts = urlsplit(host if "://" in host else f"//{host}")
+    return f"http://{parts.hostname}:{DEFAULT_TRITON_METRICS_PORT}/metrics" if parts.hostname else None
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Typed view of the ``--...`` options above (names = argparse dests)."""
+
+    repository: str
+    models: str
+    protocol: str
+    dataset: str
+    text_column: str
+    lengths: str
+    batch_size: int
+    payload_pool: int
+    seed: int
+    arrival_rate: float
+    arrival: str
+    late_tolerance: float
+    max_in_flight: int
+    stages: str
+    shape: str
+    records_dir: str
+    run_dir: str
+    metrics_port: int
+    triton_metrics_url: str
+    gpu_metrics_url: str
+    request_timeout: float
+
+    @classmethod
+    def from_namespace(cls, namespace) -> LoadOptions:
+        values = {}
+        for f, (_flag, _env, default, kind, _help) in zip(fields(cls), OPTIONS):
+            raw = getattr(namespace, f.name, None) if namespace is not None else None
+            values[f.name] = kind(default if raw is None else raw)
+        options = cls(**values)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        checks = [
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.payload_pool >= 1, f"--payload-pool must be >= 1, got {self.payload_pool}"),
+            (self.arrival_rate >= 0, f"--arrival-rate must be >= 0, got {self.arrival_rate}"),
+            (self.arrival in ("constant", "poisson"), f"--arrival must be constant or poisson, got '{self.arrival}'"),
+            (self.late_tolerance >= 0, f"--late-tolerance must be >= 0, got {self.late_tolerance}"),
+            (self.max_in_flight >= 1, f"--max-in-flight must be >= 1, got {self.max_in_flight}"),
+            (0 <= self.metrics_port < 65536, f"--metrics-port must be a port number or 0, got {self.metrics_port}"),
+            (self.request_timeout > 0, f"--request-timeout must be > 0, got {self.request_timeout}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise LoadtestError(message)
+
+    def model_names(self, metadata=None) -> list[str]:
+        """``--models``, or the repository's teacher and student."""
+        names = [m.strip() for m in self.models.split(",") if m.strip()]
+        if names:
+            return list(dict.fromkeys(names))
+        if metadata is None:
+            raise LoadtestError("no --models given and no loadtest.json to read teacher/student from")
+        return list(dict.fromkeys([metadata.teacher, metadata.student]))
+
+    def triton_metrics(self, host: str | None) -> str | None:
+        if self.triton_metrics_url.lower() == "none":
+            return None
+        return self.triton_metrics_url or default_triton_metrics_url(host)
+
+    def gpu_metrics(self) -> str | None:
+        return None if self.gpu_metrics_url.lower() in ("", "none") else self.gpu_metrics_url
+
+    def settings(self) -> dict:
+        """What goes into the manifest."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def repository_path(self) -> Path:
+        return Path(self.repository)
+
+    @property
+    def dataset_path(self) -> Path | None:
+        return Path(self.dataset) if self.dataset else None
+
+
+assert [f.name for f in fields(LoadOptions)] == [o[0][2:].replace("-", "_") for o in OPTIONS], "keep in step"

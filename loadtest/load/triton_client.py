@@ -1,0 +1,222 @@
+"""A KServe v2 client for Triton that reports every request to Locust (HTTP or gRPC).
+
+Like Locust's own ``locust/contrib/oai.py``: the client wraps a protocol library (``tritonclient``)
+and fires ``environment.events.request`` once per request, with the model as the name, the latency
+in ms, the token count as ``response_length``, the server's error text as the exception, and the full
+raw record in ``context["loadtest_record"]`` (what the records writer and the Prometheus metrics
+consume). So Locust's table, ``--csv``, ``--html`` and our records count the same requests.
+
+gevent: ``tritonclient.http`` is built on geventhttpclient (gevent-native). gRPC needs
+``grpc.experimental.gevent.init_gevent()`` after gevent's monkey-patching (done by importing Locust)
+and before any channel exists; importing this module does both, in that order.
+
+A request that is in flight when Locust stops its user is completed, recorded and counted before
+the user dies (the call runs in its own greenlet and the user waits for it): otherwise Triton would
+count requests that neither Locust nor the records ever see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gevent
+import locust  # noqa: F401  (gevent monkey-patching happens here, before gRPC is set up)
+from gevent import GreenletExit
+
+from loadtest.load.client_metrics import ClientMetrics
+from loadtest.load.clock import CLOCK
+from loadtest.load.context import ModelSpec
+from loadtest.load.payloads import Payload, model_arrays
+from loadtest.load.records import Record
+from loadtest.load.settings import Endpoint
+
+_GRPC_READY = False
+
+
+def init_grpc_gevent() -> None:
+    """Make gRPC cooperate with gevent (once per process, before any channel is created)."""
+    global _GRPC_READY
+    if not _GRPC_READY:
+        import grpc.experimental.gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()
+        _GRPC_READY = True
+
+
+init_grpc_gevent()
+
+
+class TritonRequestError(Exception):
+    """A failed request; the message is the server's (or the transport's) error text."""
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request ready to send: tritonclient input objects built (and serialised) once."""
+
+    model: str
+    inputs: list
+    outputs: list
+    batch_size: int
+    tokens: int
+    output_name: str | None
+
+
+def _modules(protocol: str):
+    if protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        import tritonclient.http as module
+    return module
+
+
+def prepare_request(protocol: str, spec: ModelSpec, payload: Payload) -> PreparedRequest:
+    """Build ``InferInput``s for one model and payload (binary tensors; read-only afterwards, so shareable)."""
+    from tritonclient.utils import np_to_triton_dtype
+
+    module = _modules(protocol)
+    inputs = []
+    for name, array in model_arrays(payload, list(spec.inputs)).items():
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        if protocol == "grpc":
+            tensor.set_data_from_numpy(array)
+        else:
+            tensor.set_data_from_numpy(array, binary_data=True)
+        inputs.append(tensor)
+    if protocol == "grpc":
+        outputs = [module.InferRequestedOutput(name) for name in spec.outputs]
+    else:
+        outputs = [module.InferRequestedOutput(name, binary_data=True) for name in spec.outputs]
+    return PreparedRequest(
+        spec.name, inputs, outputs, payload.batch_size, payload.tokens, spec.outputs[0] if spec.outputs else None
+    )
+
+
+def _error_text(exc: BaseException) -> str:
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        text = exc.message() or str(exc)
+        status = exc.status()
+        return f"{status}: {text}" if status and status not in text else text
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class TritonClient:
+    """One connection set to Triton for one Locust user (or open-loop driver)."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        request_event,
+        *,
+        scenario: str,
+        worker: str,
+        concurrency: int = 1,
+        timeout_s: float = 60.0,
+        metrics: ClientMetrics | None = None,
+    ):
+        self.endpoint = endpoint
+        self.protocol = endpoint.protocol
+        self.request_event = request_event
+        self.scenario = scenario
+        self.worker = worker
+        self.timeout_s = timeout_s
+        self.metrics = metrics
+        module = _modules(self.protocol)
+        if self.protocol == "grpc":
+            self._client = module.InferenceServerClient(url=endpoint.address, ssl=endpoint.ssl)
+        else:
+            self._client = module.InferenceServerClient(
+                url=endpoint.address,
+                concurrency=concurrency,
+                connection_timeout=timeout_s,
+                network_timeout=timeout_s,
+                ssl=endpoint.ssl,
+            )
+
+    def _call(self, request: PreparedRequest):
+        if self.protocol == "grpc":
+            return self._client.infer(
+                request.model, request.inputs, outputs=request.outputs, client_timeout=self.timeout_s
+            )
+        return self._client.infer(request.model, request.inputs, outputs=request.outputs)
+
+    def _send(self, request: PreparedRequest, stage: str, loop: str, intended: float | None, tolerance: float) -> bool:
+        """Send, measure, and report one request; runs in its own greenlet (see ``infer``)."""
+        in_flight = self.metrics.in_flight.labels(request.model) if self.metrics else None
+        error: str | None = None
+        if in_flight is not None:
+            in_flight.inc()
+        start = CLOCK.now()
+        try:
+            result = self._call(request)
+            if request.output_name is not None:
+                rows = result.as_numpy(request.output_name)
+                if rows is None or len(rows) != request.batch_size:
+                    got = "no output" if rows is None else f"{len(rows)} rows"
+                    error = f"bad response: {got} for a batch of {request.batch_size}"
+        except Exception as exc:  # every failure is a counted, recorded request
+            error = _error_text(exc)
+        end = CLOCK.now()
+        if in_flight is not None:
+            in_flight.dec()
+        intended = start if intended is None else intended
+        latency = end - intended
+        record = Record(
+            intended_start=CLOCK.epoch(intended),
+            start=CLOCK.epoch(start),
+            end=CLOCK.epoch(end),
+            latency_s=latency,
+            service_time_s=end - start,
+            model=request.model,
+            protocol=self.protocol,
+            batch_size=request.batch_size,
+            tokens=request.tokens,
+            success=error is None,
+            error=error,
+            stage=stage,
+            loop=loop,
+            late=(start - intended) > tolerance,
+            worker=self.worker,
+            scenario=self.scenario,
+        )
+        self.request_event.fire(
+            request_type=self.protocol,
+            name=request.model,
+            response_time=latency * 1000.0,
+            response_length=request.tokens,
+            exception=TritonRequestError(error) if error is not None else None,
+            context={"loadtest_record": record},
+            start_time=record.intended_start,
+        )
+        return error is None
+
+    def infer(
+        self,
+        request: PreparedRequest,
+        *,
+        stage: str,
+        loop: str = "closed",
+        intended: float | None = None,
+        tolerance: float = 0.0,
+    ) -> bool:
+        """Send one request and wait for it; True on success.
+
+        ``intended`` (a ``CLOCK.now()`` reading) makes the latency run from the schedule's send time
+        (open loop). If the calling greenlet is killed meanwhile, the request still completes and is
+        reported before the kill proceeds.
+        """
+        worker = gevent.spawn(self._send, request, stage, loop, intended, tolerance)
+        try:
+            return worker.get()
+        except GreenletExit:
+            worker.join()
+            raise
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # closing a broken connection must not mask the test's outcome
+            pass

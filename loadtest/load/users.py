@@ -1,0 +1,199 @@
+"""Locust users that load Triton: closed loop (``TritonUser``, ``ABTritonUser``) and open loop (``OpenLoopUser``).
+
+Closed loop: each user sends one request, waits for the answer, sends the next (no think time by
+default): concurrency is the knob and latency is end - start. A ``TritonUser`` cycles through the
+models request by request; an ``ABTritonUser`` sends the *same* payload to every model at the same
+moment and waits for all, so teacher and student see identical requests under identical load.
+
+Open loop: an ``OpenLoopUser`` is a *driver*, not a client. It keeps a schedule of intended send
+times per model (constant or Poisson, seeded) for the arrival rate (``--arrival-rate``, or the rate
+shape's stage), split evenly over all drivers of the test, and spawns one greenlet per request. At most
+``--max-in-flight`` requests per model are in flight per driver; a send that cannot leave within
+``--late-tolerance`` of its intended time is *late*; one still waiting when its stage ends (or the
+test stops) is *dropped* and counted. Latency runs from the intended time, so a stalled server shows
+in the percentiles instead of slowing the schedule down (coordinated omission, as wrk2 and k6's
+constant-arrival-rate executor avoid it).
+
+Payloads are prepared once per process (``lifecycle.prepared_requests``) and shared read-only by the
+users; a user only picks the next one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import gevent
+import numpy as np
+from gevent import GreenletExit
+from gevent.lock import BoundedSemaphore
+from gevent.pool import Group
+from locust import User, constant, task
+from locust.exception import StopUser
+
+from loadtest.load import lifecycle
+from loadtest.load.clock import CLOCK
+from loadtest.load.triton_client import TritonClient
+
+log = logging.getLogger("loadtest")
+_USER_NUMBERS = itertools.count()
+_DRIVER_NUMBERS = itertools.count()
+DRIVER_POLL_S = 0.05  # how often a waiting driver or send re-checks the stage board
+
+
+def _start_client(user: User, concurrency: int) -> tuple[TritonClient, dict]:
+    """The user's client and the shared prepared requests, or StopUser if the test could not start."""
+    context = lifecycle.current_context()
+    if context is None or lifecycle.STATE.error is not None:
+        raise StopUser()
+    client = TritonClient(
+        context.endpoint,
+        user.environment.events.request,
+        scenario=type(user).__name__,
+        worker=lifecycle.STATE.worker,
+        concurrency=concurrency,
+        timeout_s=context.options.request_timeout,
+        metrics=lifecycle.STATE.metrics,
+    )
+    return client, lifecycle.prepared_requests(context.endpoint.protocol)
+
+
+class TritonUser(User):
+    """Closed loop: one request at a time, cycling through the models (subclass it in a locustfile)."""
+
+    abstract = True
+    wait_time = constant(0)
+    send_to_all_models = False  # ABTritonUser: the same payload to every model at once
+
+    def on_start(self) -> None:
+        context = lifecycle.current_context()
+        if context is None:
+            raise StopUser()
+        self.models = context.model_names
+        self.client, self.requests = _start_client(self, len(self.models) if self.send_to_all_models else 1)
+        self.n_payloads = len(next(iter(self.requests.values())))
+        number = next(_USER_NUMBERS)
+        rng = np.random.default_rng([context.options.seed, number])
+        self.cursor = int(rng.integers(self.n_payloads))  # users start at different payloads
+        self.turn = number % len(self.models)
+
+    def on_stop(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+    def _next_index(self) -> int:
+        index = self.cursor
+        self.cursor = (self.cursor + 1) % self.n_payloads
+        return index
+
+    @task
+    def infer(self) -> None:
+        stage = lifecycle.STATE.board.label
+        if not self.send_to_all_models:
+            model = self.models[self.turn]
+            self.turn = (self.turn + 1) % len(self.models)
+            self.client.infer(self.requests[model][self._next_index()], stage=stage)
+            return
+        index = self._next_index()
+        sends = [gevent.spawn(self.client.infer, self.requests[m][index], stage=stage) for m in self.models]
+        try:
+            gevent.joinall(sends)
+        except GreenletExit:  # stopped meanwhile: let both answers arrive and be recorded first
+            gevent.joinall(sends)
+            raise
+
+
+class ABTritonUser(TritonUser):
+    """Closed loop A/B: each request goes to every model at the same moment, with the same payload."""
+
+    abstract = True
+    send_to_all_models = True
+
+
+class OpenLoopUser(User):
+    """Open-loop driver: sends on a schedule of intended times, independent of the answers."""
+
+    abstract = True
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        context = lifecycle.current_context()
+        if context is None:
+            raise StopUser()
+        self.options = context.options
+        self.models = context.model_names
+        self.client, self.requests = _start_client(self, self.options.max_in_flight * len(self.models))
+        self.n_payloads = len(next(iter(self.requests.values())))
+        self.number = next(_DRIVER_NUMBERS)
+        worker_index = max(getattr(self.environment.runner, "worker_index", 0), 0)
+        self.rng = np.random.default_rng([self.options.seed, worker_index, self.number])
+        self.cursor = int(self.rng.integers(self.n_payloads))
+        self.slots = {m: BoundedSemaphore(self.options.max_in_flight) for m in self.models}
+        self.sends = Group()
+        self.stopping = False
+
+    def on_stop(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+    def _gap(self, rate: float) -> float:
+        if self.options.arrival == "poisson":
+            return float(self.rng.exponential(1.0 / rate))
+        return 1.0 / rate
+
+    def _set_offered(self, rate: float | None) -> None:
+        lifecycle.set_offered_rate(self.number, self.models, rate)
+
+    def _send(self, model: str, request, intended: float, stage: str, version: int) -> None:
+        """One scheduled send: wait for a slot (late beyond the tolerance), dropped if its stage ends first."""
+        board = lifecycle.STATE.board
+        slot = self.slots[model]
+        while not slot.acquire(timeout=DRIVER_POLL_S):
+            if self.stopping or board.version != version:
+                lifecycle.count_dropped(model, stage)
+                return
+        try:
+            self.client.infer(request, stage=stage, loop="open", intended=intended,
+                              tolerance=self.options.late_tolerance)  # fmt: skip
+        finally:
+            slot.release()
+
+    @task
+    def drive(self) -> None:
+        board = lifecycle.STATE.board
+        try:
+            while board.drivers is None:  # until spawning completes and the rate's split is known
+                gevent.sleep(DRIVER_POLL_S)
+            plan = None
+            next_t = 0.0
+            while True:
+                if plan != (board.version, board.drivers):
+                    plan = (board.version, board.drivers)
+                    target = board.rate if board.rate is not None else self.options.arrival_rate
+                    rate = target / max(board.drivers or 1, 1)
+                    self._set_offered(rate)
+                    stage, version = board.label, board.version
+                    now = CLOCK.now()
+                    if rate > 0:  # a constant schedule starts at a random phase: drivers do not send in lockstep
+                        first = self._gap(rate) if self.options.arrival == "poisson" else self.rng.uniform(0, 1 / rate)
+                        next_t = now + (first if (board.drivers or 1) > 1 or self.options.arrival == "poisson" else 0.0)
+                if rate <= 0:
+                    gevent.sleep(DRIVER_POLL_S)
+                    continue
+                now = CLOCK.now()
+                if now < next_t:
+                    gevent.sleep(min(next_t - now, DRIVER_POLL_S))
+                    continue
+                while next_t <= now:  # everything due, even if this loop woke late: never skip a send
+                    index = self.cursor
+                    self.cursor = (self.cursor + 1) % self.n_payloads
+                    for model in self.models:
+                        self.sends.spawn(self._send, model, self.requests[model][index], next_t, stage, version)
+                    next_t += self._gap(rate)
+        except GreenletExit:
+            self.stopping = True  # waiting sends are dropped; those in flight finish and are recorded
+            self._set_offered(None)
+            self.sends.join()
+            raise
