@@ -8,6 +8,7 @@ through the served models -> analyze into tables and report.html. Nothing here i
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,23 +123,41 @@ def run_demo(options: DemoOptions, console=None) -> Path:
 
 
 def _drive_load(options: DemoOptions, server, run_dir: Path, console) -> None:
-    """Open-loop A/B steps: teacher and student get the same requests at the same rates."""
-    from loadtest.load.runner import LocustRun, run_locust
+    """Open-loop A/B steps: teacher and student get the same requests at the same intended times."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from loadtest.load.runner import run_locust
 
     host = server.http_url if options.protocol == "http" else server.grpc_url
-    run = LocustRun(
-        scenario=Path(__file__).resolve().parent.parent / "scenarios" / "ab_open_loop.py",
-        host=host,
-        run_dir=run_dir,
-        repository=options.repository,
-        rates=list(options.rates),
-        step_seconds=options.step_seconds,
-        warmup_seconds=options.warmup_seconds,
-        batch_size=options.batch_size,
-        triton_metrics_url=server.metrics_url,
-    )
-    result = run_locust(run, console=console)
-    result.raise_for_status()
+    step = options.step_seconds + options.warmup_seconds
+    stages = ",".join(f"{step:g}s:{rate:g}:{rate:g}rps" for rate in options.rates)
+    total = step * len(options.rates)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("open-loop load, both models", total=total, note=stages)
+        started, done = time.monotonic(), threading.Event()
+
+        def tick() -> None:  # Locust runs headless and quiet; the bar follows the stage plan's clock
+            while not done.wait(0.5):
+                progress.update(task, completed=min(total, time.monotonic() - started))
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            result = run_locust(
+                "open_loop",
+                host,
+                stages=stages,
+                repository=options.repository,
+                batch_size=options.batch_size,
+                run_dir=run_dir,
+                triton_metrics_url=server.metrics_url,
+                timeout_s=total + 120,
+            )
+        finally:
+            done.set()
+        progress.update(task, completed=total)
+    result.check()
 
 
 def demo(
