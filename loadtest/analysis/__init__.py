@@ -1,0 +1,27 @@
+"""Analyzer: raw records and Triton metrics -> latency, capacity, cost, comparison tables and report.html.
+
+Never imports Locust. The public names are loaded lazily so that importing ``loadtest.analysis.commands``
+(done for every ``loadtest --help``) pulls in neither pandas nor scipy nor matplotlib.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from loadtest.analysis.analyze import Analysis, analyze_run
+    from loadtest.analysis.terminal import render_terminal
+
+__all__ = ["Analysis", "analyze_run", "render_terminal"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Analysis", "analyze_run"):
+        from loadtest.analysis import analyze
+
+        return getattr(analyze, name)
+    if name == "render_terminal":
+        from loadtest.analysis.terminal import render_terminal
+
+        return render_terminal
+    raise AttributeError(f"module 'loadtest.analysis' has no attribute {name!r}")

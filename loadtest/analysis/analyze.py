@@ -1,0 +1,481 @@
+"""`analyze_run`: one run directory in, every table, the comparison and report.html out.
+
+This is the orchestration only; each figure's definition lives in its own module (stats, capacity,
+server_metrics, costs, compare). The result is a typed ``Analysis`` that the terminal renderer, the
+Markdown summary and the HTML report all read, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loadtest.analysis import server_metrics as sm
+from loadtest.analysis import stats
+from loadtest.analysis.capacity import Capacity, StepResult, StepRules, capacity_at_budget, run_steps
+from loadtest.analysis.costs import DEFAULT_GRID_G_PER_KWH, CostBook, CostFigures, cost_figures, load_cost_book
+from loadtest.analysis.records import ALL_STAGES, RunData, after_warmup, completed_within, load_run, window_of
+from loadtest.errors import LoadtestError
+
+DEFAULT_BUDGET_MS = 100.0
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Which records a model's headline figures (and the comparison) are computed on."""
+
+    model: str
+    stage: str  # ALL_STAGES, or the at-budget step of a sweep
+    description: str
+    latencies_s: np.ndarray = field(repr=False)
+    basis: str = "whole run"  # "whole run", "matched load" or "at budget" (loads differ between models)
+
+
+@dataclass
+class Analysis:
+    """Everything `loadtest analyze` computed for one run."""
+
+    run_dir: Path
+    run_id: str
+    kind: str
+    teacher: str | None
+    student: str | None
+    models: list[str]
+    budget_ms: float
+    budget_source: str
+    percentile: float
+    rules: StepRules
+    latency: pd.DataFrame  # per model x stage (+ the whole run), client and server side
+    steps: list[StepResult]
+    capacity: dict[str, Capacity]
+    costs: dict[str, CostFigures]
+    cost_book: CostBook
+    comparison: pd.DataFrame  # the tables/comparison.csv contract
+    difference: stats.DifferenceTest | None
+    references: dict[str, Reference]
+    power: sm.PowerSeries | None
+    grid_g_per_kwh: float
+    verdict: str
+    notes: list[str]
+    baseline: "BaselineComparison | None" = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    windows: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)  # model -> (stage, start, end)
+    tables_dir: Path | None = None
+    report_path: Path | None = None
+
+    @property
+    def steps_frame(self) -> pd.DataFrame:
+        rows = []
+        for s in self.steps:
+            row = asdict(s)
+            row["window_latency_ms"] = ";".join(f"{v:.3f}" for v in s.window_latency_ms)
+            row["window_qps"] = ";".join(f"{v:.3f}" for v in s.window_qps)
+            row["reasons"] = "; ".join(s.reasons)
+            row["within_budget"] = s.within(self.budget_ms)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    @property
+    def capacity_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([dict(asdict(c), role=self.role(c.model)) for c in self.capacity.values()])
+
+    @property
+    def cost_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([dict(asdict(c), role=self.role(c.model)) for c in self.costs.values()])
+
+    def role(self, model: str) -> str:
+        return "teacher" if model == self.teacher else "student" if model == self.student else "other"
+
+
+@dataclass
+class BaselineComparison:
+    """Version over version: the same figures for a previous run, and what changed."""
+
+    baseline_dir: Path
+    deltas: pd.DataFrame  # role, metric, unit, baseline, current, change_pct
+    p95_changes: dict[str, stats.DifferenceTest]  # role -> current vs baseline
+
+
+# ----------------------------------------------------------------------------------------------------
+# latency table
+
+
+def _latency_row(
+    run: RunData, model: str, stage: str, frame: pd.DataFrame, window_s: float, snaps: list[sm.Snapshot],
+    windows: list[tuple[float, float]], percentile: float,
+) -> dict[str, Any]:
+    ok = frame[frame["success"]]
+    lat = ok["latency_s"].to_numpy()
+    done = frame[frame["in_window"]] if "in_window" in frame else ok
+    row: dict[str, Any] = {
+        "model": model,
+        "role": run.role(model),
+        "stage": stage,
+        "loop": ",".join(sorted(set(frame["loop"].astype(str)))),
+        "window_s": window_s,
+        "requests": len(frame),
+        "successes": len(ok),
+        "errors": len(frame) - len(ok),
+        "error_rate": (len(frame) - len(ok)) / len(frame) if len(frame) else math.nan,
+        "late": int(frame["late"].sum()),
+        "dropped": _dropped(run, model, stage),
+        "achieved_qps": len(done) / window_s if window_s > 0 else math.nan,
+        "tokens_per_s": float(done["tokens"].sum()) / window_s if window_s > 0 else math.nan,
+        "mean_ms": float(lat.mean() * 1000) if lat.size else math.nan,
+    }
+    ests = stats.estimates(lat, tuple(sorted(set(stats.REPORTED_PERCENTILES) | {percentile})))
+    for p, est in ests.items():
+        key = stats.percentile_key(p)
+        row[f"{key}_ms"] = est.value * 1000 if est.ci_ok else math.nan
+        row[f"{key}_ci_low_ms"] = est.ci_low * 1000 if est.ci_ok else math.nan
+        row[f"{key}_ci_high_ms"] = est.ci_high * 1000 if est.ci_ok else math.nan
+        row[f"{key}_note"] = est.note
+    row["max_ms"] = float(lat.max() * 1000) if lat.size else math.nan
+    # server side: sum the counter deltas over the windows this row covers
+    splits = [sm.server_split(snaps, model, a, b, tight=stage != ALL_STAGES) for a, b in windows]
+    if stage == ALL_STAGES and len(windows) > 1:
+        whole = (min(a for a, _ in windows), max(b for _, b in windows))
+        splits = [sm.server_split(snaps, model, *whole, tight=False)]
+    splits = [s for s in splits if s is not None]
+    n = sum(s.requests for s in splits)
+    row["server_requests"] = n if splits else math.nan
+    for key in ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms", "request_ms"):
+        vals = [(getattr(s, key), s.requests) for s in splits if getattr(s, key) is not None]
+        row[f"server_{key}"] = sum(v * w for v, w in vals) / sum(w for _, w in vals) if vals else math.nan
+    batches = [(s.mean_batch_size, s.requests) for s in splits if s.mean_batch_size is not None]
+    row["mean_batch_size"] = sum(v * w for v, w in batches) / sum(w for _, w in batches) if batches else math.nan
+    return row
+
+
+def _dropped(run: RunData, model: str, stage: str) -> float:
+    if not run.dropped:
+        return math.nan
+    if stage == ALL_STAGES:
+        return float(sum(n for (m, _), n in run.dropped.items() if m == model))
+    return float(run.dropped.get((model, stage), 0))
+
+
+def _model_windows(run: RunData, model: str) -> list[tuple[str, tuple[float, float], pd.DataFrame]]:
+    out = []
+    recs = run.records
+    mine = recs[recs["model"] == model]
+    for stage in pd.unique(mine["stage"].astype(str)):
+        info = run.stages.get(stage)
+        frame = after_warmup(mine[mine["stage"] == stage], info)
+        if len(frame):
+            window = window_of(frame, info)
+            frame = frame.assign(in_window=completed_within(frame, window[1]))
+            out.append((stage, window, frame))
+    out.sort(key=lambda item: item[1][0])
+    return out
+
+
+def latency_table(run: RunData, snaps: list[sm.Snapshot], percentile: float) -> pd.DataFrame:
+    rows = []
+    for model in run.models:
+        parts = _model_windows(run, model)
+        for stage, (a, b), frame in parts:
+            rows.append(_latency_row(run, model, stage, frame, b - a, snaps, [(a, b)], percentile))
+        if len(parts) > 1:
+            frame = pd.concat([f for _, _, f in parts])
+            total = sum(b - a for _, (a, b), _ in parts)
+            rows.append(_latency_row(run, model, ALL_STAGES, frame, total, snaps, [w for _, w, _ in parts], percentile))
+        elif parts:
+            row = dict(rows[-1])
+            row["stage"] = ALL_STAGES
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# comparison
+
+# metric -> (unit, column of the reference latency row or a capacity/cost attribute, higher_is_better)
+COMPARISON_METRICS: list[tuple[str, str, bool]] = [
+    ("requests", "count", True),
+    ("achieved_qps", "req/s", True),
+    ("tokens_per_s", "tokens/s", True),
+    ("p50_ms", "ms", False),
+    ("p90_ms", "ms", False),
+    ("p95_ms", "ms", False),
+    ("p99_ms", "ms", False),
+    ("p999_ms", "ms", False),
+    ("max_ms", "ms", False),
+    ("error_rate", "fraction", False),
+    ("mean_batch_size", "requests/batch", True),
+    ("server_queue_ms", "ms", False),
+    ("server_compute_input_ms", "ms", False),
+    ("server_compute_infer_ms", "ms", False),
+    ("server_compute_output_ms", "ms", False),
+    ("qps_at_budget", "req/s", True),
+    ("tokens_per_s_at_budget", "tokens/s", True),
+    ("cost_per_1m_tokens_usd", "USD", False),
+    ("cost_per_1k_requests_usd", "USD", False),
+    ("energy_per_1m_tokens_j", "J", False),
+    ("co2e_g_per_1m_tokens", "g", False),
+]
+HIGHER_IS_BETTER = {m: h for m, _, h in COMPARISON_METRICS}
+
+
+def figures_for(model: str | None, ref_row: dict | None, cap: Capacity | None, cost: CostFigures | None) -> dict[str, float]:
+    """Every comparison figure of one model (nan where not measured)."""
+    out: dict[str, float] = {m: math.nan for m, _, _ in COMPARISON_METRICS}
+    if model is None:
+        return out
+    if ref_row:
+        for m in out:
+            if m in ref_row and ref_row[m] is not None:
+                out[m] = float(ref_row[m])
+    if cap is not None:
+        out["qps_at_budget"] = cap.qps_at_budget if cap.qps_at_budget is not None else math.nan
+        out["tokens_per_s_at_budget"] = cap.tokens_per_s_at_budget if cap.tokens_per_s_at_budget is not None else math.nan
+    if cost is not None:
+        for m in ("cost_per_1m_tokens_usd", "cost_per_1k_requests_usd", "energy_per_1m_tokens_j", "co2e_g_per_1m_tokens"):
+            v = getattr(cost, m)
+            out[m] = v if v is not None else math.nan
+    return out
+
+
+def comparison_table(teacher: dict[str, float], student: dict[str, float]) -> pd.DataFrame:
+    """``metric, unit, teacher, student, student_over_teacher, saving_pct`` (saving = 1 - S/T, in %)."""
+    rows = []
+    for metric, unit, _ in COMPARISON_METRICS:
+        t, s = teacher.get(metric, math.nan), student.get(metric, math.nan)
+        ratio = s / t if math.isfinite(t) and math.isfinite(s) and t != 0 else math.nan
+        rows.append(
+            {"metric": metric, "unit": unit, "teacher": t, "student": s, "student_over_teacher": ratio,
+             "saving_pct": (1 - ratio) * 100 if math.isfinite(ratio) else math.nan}
+        )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------------------
+# orchestration
+
+
+def _rules_and_budget(run: RunData, budget_ms: float | None, percentile: float | None) -> tuple[StepRules, float, str, float]:
+    sweep = run.manifest.get("sweep") if isinstance(run.manifest.get("sweep"), dict) else {}
+    rules = StepRules.model_validate(sweep.get("rules", {})) if sweep.get("rules") else StepRules()
+    if budget_ms is not None:
+        if not budget_ms > 0:
+            raise LoadtestError(f"--budget-ms must be > 0 (got {budget_ms:g})")
+        budget, source = float(budget_ms), "given"
+    elif isinstance(sweep.get("budget_ms"), (int, float)):
+        budget, source = float(sweep["budget_ms"]), "the sweep's budget"
+    else:
+        budget, source = DEFAULT_BUDGET_MS, "default (no --budget-ms given)"
+    pct = float(percentile) if percentile is not None else float(sweep.get("percentile", 95.0))
+    if not 0 < pct < 100:
+        raise LoadtestError(f"--percentile must be between 0 and 100 (got {pct:g})")
+    return rules, budget, source, pct
+
+
+def _reference(run: RunData, model: str, latency: pd.DataFrame, stage: str, desc: str, basis: str) -> tuple[Reference, dict]:
+    """The latency row and raw successful latencies of one model over its reference stage."""
+    rows = latency[latency["model"] == model]
+    row = rows[rows["stage"] == stage].iloc[0].to_dict()
+    if stage == ALL_STAGES:
+        frame = pd.concat([f for _, _, f in _model_windows(run, model)])
+    else:
+        frame = after_warmup(run.records[(run.records["model"] == model) & (run.records["stage"] == stage)],
+                             run.stages.get(stage))
+    lat = frame.loc[frame["success"], "latency_s"].to_numpy()
+    return Reference(model, stage, desc, lat, basis), row
+
+
+def _at_budget_step(steps: list[StepResult], model: str, cap: Capacity | None) -> StepResult | None:
+    if cap is None or not cap.known:
+        return None
+    return next((s for s in steps if s.model == model and s.counted and s.achieved_qps == cap.qps_at_budget), None)
+
+
+def _reference_stages(run: RunData, steps: list[StepResult], capacity: dict[str, Capacity], budget_ms: float,
+                      is_sweep: bool) -> dict[str, tuple[str, str, str]]:
+    """model -> (stage, description, basis) the latency comparison uses.
+
+    A plain run compares each model's whole run (same load shape for both). A sweep compares at a *matched*
+    load: the highest offered load both models ran as counted steps with the teacher within budget (the
+    sweep's coarse steps are the same for both), so a P95 difference is not just a difference in load.
+    """
+    out = {m: (ALL_STAGES, "whole run after warm-up", "whole run") for m in run.models}
+    if not is_sweep:
+        return out
+    t, s = run.teacher, run.student
+    if t in run.models and s in run.models:
+        t_steps = [x for x in steps if x.model == t and x.counted]
+        s_steps = [x for x in steps if x.model == s and x.counted]
+        pairs = [(a, b) for a in t_steps for b in s_steps if abs(a.load - b.load) <= 0.01 * max(a.load, b.load)]
+        passing = [(a, b) for a, b in pairs if a.latency_ms <= budget_ms] or pairs
+        if passing:
+            a, b = max(passing, key=lambda pair: pair[0].load)
+            unit = capacity[t].load_unit
+            out[t] = (a.stage, f"matched load {a.load:g} {unit} (step {a.stage})", "matched load")
+            out[s] = (b.stage, f"matched load {b.load:g} {unit} (step {b.stage})", "matched load")
+            return out
+    for m in run.models:
+        best = _at_budget_step(steps, m, capacity.get(m))
+        if best is not None:
+            out[m] = (best.stage, f"its at-budget step {best.stage} ({best.load:g} {capacity[m].load_unit})", "at budget")
+    return out
+
+
+def _energy(run: RunData, model: str, ref_stage: str, snaps: list[sm.Snapshot], inst, gpu: bool,
+            cap: Capacity | None) -> tuple:
+    """(joules, window_s, tokens, method, estimate) for energy per token.
+
+    Measured GPU energy is taken over the model's window (a sweep's at-budget step, else the whole run), and
+    only when no other model was under load at the same time (it could not be attributed). A declared
+    wattage (CPU-only) is the whole machine's draw, like its price: at the budget it gives
+    W x 1 s / tokens-per-second-at-budget, the energy counterpart of cost per token, attributable to each
+    model even when both ran together.
+    """
+    parts = [p for p in _model_windows(run, model) if ref_stage == ALL_STAGES or p[0] == ref_stage]
+    if not parts:
+        return None, None, None, "no records", False
+    windows = [w for _, w, _ in parts]
+    tokens = float(sum(f.loc[f["in_window"], "tokens"].sum() for _, _, f in parts))
+    window_s = sum(b - a for a, b in windows)
+    if not gpu and inst.declared_power_w:
+        label = f"declared {inst.declared_power_w:g} W (estimate)"
+        if cap is not None and cap.tokens_per_s_at_budget:
+            return inst.declared_power_w, 1.0, cap.tokens_per_s_at_budget, label + " at the budget's tokens/s", True
+    others = [w for m in run.models if m != model for _, w, _ in _model_windows(run, m)]
+    overlap = sum(max(0.0, min(b, d) - max(a, c)) for a, b in windows for c, d in others)
+    if overlap > 0.05 * window_s:
+        return None, window_s, tokens, "not attributable: another model was under load at the same time", False
+    if gpu:
+        measured = [sm.energy(snaps, a, b) for a, b in windows]
+        if any(m is None for m in measured):
+            return None, window_s, tokens, "GPU power present but no samples bracket the window", False
+        return sum(m.joules for m in measured), window_s, tokens, measured[0].method, False
+    if inst.declared_power_w:
+        return inst.declared_power_w * window_s, window_s, tokens, f"declared {inst.declared_power_w:g} W (estimate)", True
+    return None, window_s, tokens, "no power measured and no declared wattage for this instance", False
+
+
+def compute(
+    run_dir: Path,
+    *,
+    budget_ms: float | None = None,
+    percentile: float | None = None,
+    cost_file: Path | None = None,
+    instance: str | None = None,
+    prometheus_url: str | None = None,
+    grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH,
+    rules: StepRules | None = None,
+    bootstrap_resamples: int = 2000,
+) -> Analysis:
+    """All figures of a run, without writing anything."""
+    run = load_run(run_dir)
+    book = load_cost_book(cost_file)
+    inst = book.instance(instance)
+    if not grid_g_per_kwh >= 0:
+        raise LoadtestError(f"--grid-g-per-kwh must be >= 0 (got {grid_g_per_kwh:g})")
+    manifest_rules, budget, budget_source, pct = _rules_and_budget(run, budget_ms, percentile)
+    rules = rules or manifest_rules
+    notes = list(run.notes)
+    snaps, snap_notes = sm.read_snapshots(run.run_dir)
+    notes += snap_notes
+    if prometheus_url:
+        snaps = sorted(snaps + sm.query_prometheus(prometheus_url, run.start, run.end), key=lambda s: s.time_s)
+    if not snaps:
+        notes.append("no Triton metrics (no metrics/*.prom snapshots, no --prometheus-url): server-side split left empty")
+    gpu = sm.has_gpu_metrics(snaps)
+
+    latency = latency_table(run, snaps, pct)
+    steps = run_steps(run, rules, pct)
+    is_sweep = str(run.manifest.get("kind", "")) == "sweep" or bool(run.manifest.get("sweep"))
+    capacity = {m: capacity_at_budget(steps, m, budget, pct) for m in run.models}
+    references: dict[str, Reference] = {}
+    ref_rows: dict[str, dict] = {}
+    costs: dict[str, CostFigures] = {}
+    chosen = _reference_stages(run, steps, capacity, budget, is_sweep)
+    for m in run.models:
+        references[m], ref_rows[m] = _reference(run, m, latency, *chosen[m])
+        best = _at_budget_step(steps, m, capacity[m]) if is_sweep else None
+        energy_stage = best.stage if best is not None else ALL_STAGES
+        joules, window_s, tokens, method, estimate = _energy(run, m, energy_stage, snaps, inst, gpu, capacity[m])
+        if best is not None and "budget" not in method:
+            method += f" (at-budget step {best.stage})"
+        cap = capacity[m]
+        costs[m] = cost_figures(
+            m, inst, book.basis, qps_at_budget=cap.qps_at_budget, tokens_per_s_at_budget=cap.tokens_per_s_at_budget,
+            energy_j=joules, energy_window_s=window_s, tokens_in_window=tokens, energy_method=method,
+            energy_is_estimate=estimate, grid_g_per_kwh=grid_g_per_kwh,
+        )
+    if gpu and inst.accelerators == 0:
+        notes.append(f"the run has GPU power metrics but instance {inst.name} has no accelerator: pass --instance")
+    t, s = run.teacher, run.student
+    t_fig = figures_for(t if t in run.models else None, ref_rows.get(t), capacity.get(t), costs.get(t))
+    s_fig = figures_for(s if s in run.models else None, ref_rows.get(s), capacity.get(s), costs.get(s))
+    comparison = comparison_table(t_fig, s_fig)
+    difference = None
+    if t in references and s in references:
+        difference = stats.percentile_difference(
+            references[s].latencies_s, references[t].latencies_s, p=95.0, resamples=bootstrap_resamples
+        )
+    analysis = Analysis(
+        run_dir=run.run_dir, run_id=run.run_dir.name, kind=str(run.manifest.get("kind", "run")),
+        teacher=t, student=s, models=run.models, budget_ms=budget, budget_source=budget_source, percentile=pct,
+        rules=rules, latency=latency, steps=steps, capacity=capacity, costs=costs, cost_book=book,
+        comparison=comparison, difference=difference, references=references, power=sm.power_series(snaps),
+        grid_g_per_kwh=grid_g_per_kwh, verdict="", notes=notes, manifest=run.manifest,
+        windows={m: [(st, a, b) for st, (a, b), _ in _model_windows(run, m)] for m in run.models},
+    )
+    from loadtest.analysis.verdict import verdict
+
+    analysis.verdict = verdict(analysis)
+    return analysis
+
+
+def compare_with_baseline(current: Analysis, baseline: Analysis) -> BaselineComparison:
+    """Per role, every comparison figure of the baseline run next to this run's, and the change in %."""
+    rows = []
+    changes: dict[str, stats.DifferenceTest] = {}
+    for role in ("teacher", "student"):
+        for metric, unit, _ in COMPARISON_METRICS:
+            b = baseline.comparison.set_index("metric").at[metric, role]
+            c = current.comparison.set_index("metric").at[metric, role]
+            change = (c / b - 1) * 100 if math.isfinite(b) and math.isfinite(c) and b != 0 else math.nan
+            rows.append({"role": role, "metric": metric, "unit": unit, "baseline": b, "current": c, "change_pct": change})
+        cur_model = current.teacher if role == "teacher" else current.student
+        base_model = baseline.teacher if role == "teacher" else baseline.student
+        if cur_model in current.references and base_model in baseline.references:
+            changes[role] = stats.percentile_difference(
+                current.references[cur_model].latencies_s, baseline.references[base_model].latencies_s, p=95.0
+            )
+    return BaselineComparison(baseline.run_dir, pd.DataFrame(rows), changes)
+
+
+def analyze_run(
+    run_dir: Path,
+    *,
+    budget_ms: float | None = None,
+    percentile: float | None = 95.0,
+    cost_file: Path | None = None,
+    instance: str | None = None,
+    baseline: Path | None = None,
+    prometheus_url: str | None = None,
+    grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH,
+) -> Analysis:
+    """Analyze a run directory: writes ``tables/*.csv|parquet``, ``tables/summary.md`` and ``report.html``."""
+    from loadtest.analysis.outputs import write_outputs
+
+    run_dir = Path(run_dir)
+    analysis = compute(
+        run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance,
+        prometheus_url=prometheus_url, grid_g_per_kwh=grid_g_per_kwh,
+    )
+    if baseline is not None:
+        base = compute(
+            Path(baseline), budget_ms=analysis.budget_ms, percentile=analysis.percentile, cost_file=cost_file,
+            instance=instance, grid_g_per_kwh=grid_g_per_kwh,
+        )
+        analysis.baseline = compare_with_baseline(analysis, base)
+    write_outputs(analysis)
+    return analysis

@@ -1,0 +1,267 @@
+"""Steps and the QPS a model sustains within a latency budget.
+
+A *step* is one stage of one model (a shape stage, or a sweep step). It *counts* only when it ran long
+enough, with enough requests after warm-up, few errors, achieved >= 95 % of the offered rate (open loop),
+and a stable percentile and throughput across consecutive windows (perf_analyzer's stability windows).
+QPS at budget B is the highest achieved QPS among counted steps whose percentile is <= B; the interval up
+to the first failing offered load above it says how precisely that is known (METHOD.md). The sweep uses
+exactly these rules to decide its steps, so `loadtest analyze` on a sweep run reproduces its answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from loadtest.analysis import stats
+from loadtest.analysis.records import RunData, StageInfo, after_warmup, completed_within, window_of
+
+
+class StepRules(BaseModel):
+    """When a step's measurement counts (shared by `loadtest sweep` and `loadtest analyze`)."""
+
+    min_duration_s: float = Field(5.0, gt=0, description="measured time after warm-up")
+    min_requests: int = Field(100, ge=1, description="successful requests after warm-up")
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    min_achieved_ratio: float = Field(0.95, gt=0, le=1, description="achieved / offered, open loop")
+    stability_windows: int = Field(3, ge=1)
+    stability_threshold: float = Field(
+        0.25, gt=0, description="relative rise across windows (latency) or spread (throughput) that, beyond noise, is unstable"
+    )
+
+    def effective_min_requests(self, percentile: float) -> int:
+        """At least enough requests for the percentile's CI to exist."""
+        return max(self.min_requests, stats.min_samples_for_ci(percentile))
+
+
+@dataclass
+class StepResult:
+    """One model's figures in one step, and whether the step counts."""
+
+    model: str
+    stage: str
+    loop: str
+    offered_rate: float | None
+    users: int | None
+    duration_s: float
+    requests: int
+    successes: int
+    error_rate: float
+    achieved_qps: float
+    tokens_per_s: float
+    percentile: float
+    latency_ms: float  # the chosen percentile
+    ci_low_ms: float
+    ci_high_ms: float
+    window_latency_ms: list[float] = field(default_factory=list)
+    window_qps: list[float] = field(default_factory=list)
+    stability_percentile: float | None = None  # the percentile the windows were compared on
+    counted: bool = False
+    reasons: list[str] = field(default_factory=list)  # why it does not count
+
+    @property
+    def load(self) -> float:
+        """The load this step was driven at: offered rate (open loop) or users (closed loop)."""
+        if self.offered_rate is not None:
+            return self.offered_rate
+        if self.users is not None:
+            return float(self.users)
+        return self.achieved_qps
+
+    def within(self, budget_ms: float) -> bool:
+        return self.counted and self.latency_ms <= budget_ms
+
+
+def _drifting(ests: list[stats.PercentileEstimate], threshold: float) -> bool:
+    """The percentile rises window after window, by more than ``threshold`` and beyond sampling noise.
+
+    This is what an unsustainable load looks like (the backlog, hence latency, keeps growing). Plain
+    window-to-window spread is not used: queueing makes short windows of a stationary load differ by far
+    more than independent-sample CIs allow, so it would reject sustainable steps at random.
+    Windows without a CI cannot show a real change, so they never make a step unstable on their own.
+    """
+    if len(ests) < 2 or not all(e.ci_ok for e in ests):
+        return False
+    values = [e.value for e in ests]
+    rising = all(b > a for a, b in zip(values, values[1:]))
+    return rising and values[-1] > values[0] * (1 + threshold) and ests[-1].ci_low > ests[0].ci_high
+
+
+def _spread(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    if len(finite) < len(values) or not finite or min(finite) <= 0:
+        return math.inf
+    return max(finite) / min(finite) - 1.0
+
+
+def step_result(
+    frame: pd.DataFrame, model: str, stage: str, info: StageInfo | None, rules: StepRules, percentile: float,
+    dropped: int = 0,
+) -> StepResult:
+    """Figures and the counting decision for one model's records in one stage (warm-up already dropped).
+
+    Open loop, "achieved >= 95 % of offered" compares answers within the window with the sends the schedule
+    made in it (records plus dropped sends): with Poisson arrivals, comparing with rate x duration would
+    fail sound steps on arrival noise alone.
+    """
+    scheduled = len(frame) + dropped
+    start, end = window_of(frame, info)
+    duration = max(end - start, 1e-9)
+    ok = frame[frame["success"]]
+    lat = ok["latency_s"].to_numpy()
+    done = frame[completed_within(frame, end)]
+    est = stats.estimate(lat, percentile)
+    loop = str(frame["loop"].iloc[0]) if len(frame) else (info.loop if info and info.loop else "open")
+    offered = info.offered_rate if info else None
+    result = StepResult(
+        model=model,
+        stage=stage,
+        loop=loop,
+        offered_rate=offered if loop == "open" else None,
+        users=info.users if info else None,
+        duration_s=duration,
+        requests=len(frame),
+        successes=len(ok),
+        error_rate=(1 - len(ok) / len(frame)) if len(frame) else math.nan,
+        achieved_qps=len(done) / duration,
+        tokens_per_s=float(done["tokens"].sum()) / duration,
+        percentile=percentile,
+        latency_ms=est.value * 1000,
+        ci_low_ms=est.ci_low * 1000,
+        ci_high_ms=est.ci_high * 1000,
+    )
+    # stability: equal consecutive windows of the measured period, by intended send time
+    k = rules.stability_windows
+    unstable_latency = unstable_qps = False
+    if k > 1 and len(ok):
+        edges = np.linspace(start, end, k + 1)
+        which = np.clip(np.searchsorted(edges, ok["intended_start"].to_numpy(), side="right") - 1, 0, k - 1)
+        parts = [lat[which == i] for i in range(k)]
+        # judge the chosen percentile where every window can bound it, else the median
+        p_stab = percentile if all(x.size >= stats.min_samples_for_ci(percentile) for x in parts) else 50.0
+        ests = [stats.estimate(x, p_stab) for x in parts]
+        result.window_latency_ms = [e.value * 1000 for e in ests]
+        done_end = done["end"].to_numpy()
+        counts = [int(((done_end > edges[i]) & (done_end <= edges[i + 1])).sum()) for i in range(k)]
+        result.window_qps = [c / (edges[i + 1] - edges[i]) for i, c in enumerate(counts)]
+        unstable_latency = _drifting(ests, rules.stability_threshold)
+        unstable_qps = _spread(result.window_qps) > rules.stability_threshold and (
+            max(counts) - min(counts) > 3 * math.sqrt(max(counts) + min(counts))
+        )
+        result.stability_percentile = p_stab
+    reasons = result.reasons
+    if duration < rules.min_duration_s:
+        reasons.append(f"ran {duration:.1f} s < {rules.min_duration_s:g} s")
+    need = rules.effective_min_requests(percentile)
+    if result.successes < need:
+        reasons.append(f"{result.successes} requests < {need}")
+    if result.error_rate > rules.max_error_rate:
+        reasons.append(f"error rate {result.error_rate:.1%} > {rules.max_error_rate:.1%}")
+    if offered and loop == "open" and len(done) < rules.min_achieved_ratio * scheduled:
+        reasons.append(
+            f"answered {len(done)} of {scheduled} scheduled sends in the window (< {rules.min_achieved_ratio:.0%}; "
+            f"{result.achieved_qps:.1f}/s at {offered:g}/s offered)"
+        )
+    if unstable_latency:
+        rise = result.window_latency_ms[-1] / result.window_latency_ms[0] - 1
+        reasons.append(f"P{result.stability_percentile:g} drifting upward across {k} windows (+{rise:.0%})")
+    if unstable_qps:
+        reasons.append(f"throughput unstable across {k} windows (spread {_spread(result.window_qps):.0%})")
+    if not math.isfinite(result.ci_low_ms) or not math.isfinite(result.ci_high_ms):
+        if not any("requests <" in r for r in reasons):
+            reasons.append(f"P{percentile:g} CI cannot be formed")
+    result.counted = not reasons
+    return result
+
+
+def run_steps(run: RunData, rules: StepRules, percentile: float) -> list[StepResult]:
+    """Every (model, stage) pair of a run as a step, in the order the stages ran."""
+    out: list[StepResult] = []
+    recs = run.records
+    order = recs.groupby("stage", observed=True)["intended_start"].min().sort_values().index
+    for stage in order:
+        info = run.stages.get(str(stage))
+        part = recs[recs["stage"] == stage]
+        for model in run.models:
+            frame = after_warmup(part[part["model"] == model], info)
+            if len(frame) == 0:
+                continue
+            out.append(step_result(frame, model, str(stage), info, rules, percentile, run.dropped.get((model, str(stage)), 0)))
+    return out
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """QPS and tokens/s at a latency budget for one model, with how precisely the budget point is known."""
+
+    model: str
+    budget_ms: float
+    percentile: float
+    qps_at_budget: float | None  # achieved QPS of the best counted passing step
+    tokens_per_s_at_budget: float | None
+    latency_at_budget_ms: float | None
+    load_low: float | None  # highest passing load (offered rate or users)
+    load_high: float | None  # lowest failing load above it; None when never reached
+    load_unit: str  # "req/s offered" or "users"
+    steps_counted: int
+    steps_total: int
+    resolution_pct: float | None  # half-width of [low, high] relative to its midpoint
+    note: str
+
+    @property
+    def known(self) -> bool:
+        return self.qps_at_budget is not None
+
+
+def capacity_at_budget(steps: list[StepResult], model: str, budget_ms: float, percentile: float) -> Capacity:
+    """Highest achieved QPS among counted steps within budget, and the interval to the first failure above."""
+    mine = [s for s in steps if s.model == model]
+    counted = [s for s in mine if s.counted]
+    passing = [s for s in counted if s.latency_ms <= budget_ms]
+    unit = "users" if any(s.loop == "closed" for s in mine) else "req/s offered"
+    if not passing:
+        if not mine:
+            note = "no steps for this model"
+        elif not counted:
+            note = "no step counted: " + _summarise_reasons(mine)
+        else:
+            low = min(counted, key=lambda s: s.load)
+            note = f"P{percentile:g} exceeds {budget_ms:g} ms even at the lowest counted load ({low.load:g} {unit})"
+        return Capacity(model, budget_ms, percentile, None, None, None, None, None, unit, len(counted), len(mine), None, note)
+    best = max(passing, key=lambda s: s.achieved_qps)
+    # a step "fails" at a load when it did not count for reasons other than too short/too few, or exceeded
+    failing = [
+        s.load for s in mine
+        if s.load > best.load and (not s.counted and _failed_by_load(s) or s.counted and s.latency_ms > budget_ms)
+    ]
+    high = min(failing) if failing else None
+    resolution = (high - best.load) / (high + best.load) * 100 if high else None
+    if high is None:
+        note = "the highest load tested stayed within budget: capacity is at least this"
+    else:
+        note = f"between {best.load:g} and {high:g} {unit} (±{resolution:.1f} %)"
+    return Capacity(
+        model, budget_ms, percentile, best.achieved_qps, best.tokens_per_s, best.latency_ms,
+        best.load, high, unit, len(counted), len(mine), resolution, note,
+    )
+
+
+def _summarise_reasons(steps: list[StepResult]) -> str:
+    """'3 unstable, 1 below 95 % of offered' rather than every reason of every step."""
+    kinds = {"unstable": 0, "short": 0, "too few requests": 0, "errors": 0, "below offered": 0, "no CI": 0}
+    for s in steps:
+        for r in s.reasons:
+            key = ("unstable" if "unstable" in r or "drifting" in r else "short" if r.startswith("ran ") else
+                   "too few requests" if " requests < " in r else "errors" if r.startswith("error rate") else
+                   "below offered" if r.startswith("answered") else "no CI")
+            kinds[key] += 1
+    return ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+
+
+def _failed_by_load(step: StepResult) -> bool:
+    """Not counted because the server could not keep up (errors, shortfall, instability), not a short step."""
+    return any(not (r.startswith("ran ") or " requests < " in r) for r in step.reasons)

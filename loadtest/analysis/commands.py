@@ -1,0 +1,207 @@
+"""``loadtest analyze``, ``loadtest sweep`` and ``loadtest plan``: the analyzer's commands.
+
+Only typer and the standard library at the top: pandas, scipy and matplotlib load inside the bodies so
+``loadtest --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+COST_FILE_HELP = "Cost file (YAML: instances with $/hour, accelerators, power). Default: the shipped list prices."
+INSTANCE_HELP = "Instance type from the cost file the servers run on (default: the file's default_instance)."
+GRID_HELP = "Grid carbon intensity for CO2e, g/kWh (475 = world average)."
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="sweep", no_args_is_help=True)(sweep)
+    app.command(name="analyze", no_args_is_help=True)(analyze)
+    app.command(name="plan", no_args_is_help=True)(plan)
+
+
+def _console():
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=180)
+
+
+def analyze(
+    run_dir: Path = typer.Argument(..., help="Run directory (results/<run-id>) with records/ and manifest.json."),
+    budget_ms: float | None = typer.Option(
+        None, "--budget-ms", help="Latency budget for capacity and cost (default: the sweep's, else 100 ms)."
+    ),
+    percentile: float | None = typer.Option(
+        None, "--percentile", help="Percentile the budget applies to: 95 (default) or 99, or any in (0, 100)."
+    ),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="Another run to compare with: version-over-version deltas of every figure."
+    ),
+    cost_file: Path | None = typer.Option(None, "--cost-file", help=COST_FILE_HELP),
+    instance: str | None = typer.Option(None, "--instance", help=INSTANCE_HELP),
+    prometheus_url: str | None = typer.Option(
+        None, "--prometheus-url", help="Prometheus that scraped Triton during the run (range queries over its window)."
+    ),
+    grid_g_per_kwh: float = typer.Option(475.0, "--grid-g-per-kwh", help=GRID_HELP),
+    steps: bool = typer.Option(True, "--steps/--no-steps", help="Print the per-step table too."),
+) -> None:
+    """Build the tables, teacher-vs-student comparison and report.html of a run directory."""
+    from loadtest.analysis.analyze import analyze_run
+    from loadtest.analysis.terminal import render_terminal
+
+    console = _console()
+    with console.status(f"analyzing {run_dir}"):
+        result = analyze_run(
+            run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance,
+            baseline=baseline, prometheus_url=prometheus_url, grid_g_per_kwh=grid_g_per_kwh,
+        )
+    render_terminal(result, console, steps=steps)
+
+
+def sweep(
+    host: str = typer.Option(..., "--host", help="Triton: http://HOST:8000 (HTTP) or grpc://HOST:8001 (gRPC)."),
+    budget_ms: float = typer.Option(..., "--budget-ms", help="Latency budget in ms the percentile must stay within."),
+    percentile: float = typer.Option(95.0, "--percentile", help="Percentile judged against the budget (95 or 99)."),
+    repository: Path = typer.Option(
+        Path("model_repository"), "--repository", help="Local copy of the model repository (tokenizer, inputs, roles)."
+    ),
+    models: str | None = typer.Option(None, "--models", help="Comma-separated models (default: teacher,student)."),
+    mode: str = typer.Option(
+        "open", "--mode", help="open: fixed arrival-rate steps (req/s per model); closed: concurrency steps (users)."
+    ),
+    start: float = typer.Option(10.0, "--start", help="First step's load (req/s, or users in closed mode)."),
+    growth: float = typer.Option(2.0, "--growth", help="Coarse phase: each step multiplies the load by this."),
+    max_load: float = typer.Option(5000.0, "--max-load", help="Never drive more than this load."),
+    tolerance: float = typer.Option(0.05, "--tolerance", help="Bisect until the answer is known within ±this."),
+    warmup: float = typer.Option(2.0, "--warmup", help="Seconds of each step discarded as warm-up."),
+    duration: float = typer.Option(
+        10.0, "--step-duration", help="Measured seconds per step (stretched to reach --min-requests)."
+    ),
+    min_requests: int = typer.Option(200, "--min-requests", help="Successful requests a step needs after warm-up."),
+    max_error_rate: float = typer.Option(0.01, "--max-error-rate", help="A step with more errors fails."),
+    stability_windows: int = typer.Option(3, "--stability-windows", help="Windows a step is split into for stability."),
+    stability_threshold: float = typer.Option(
+        0.25, "--stability-threshold", help="Relative rise (latency) / spread (throughput) across windows that fails a step."
+    ),
+    max_steps: int = typer.Option(24, "--max-steps", help="At most this many steps per model."),
+    arrival: str = typer.Option("constant", "--arrival", help="Open loop: constant or poisson inter-arrival times."),
+    protocol: str | None = typer.Option(None, "--protocol", help="auto, http or grpc (default: from --host)."),
+    lengths: str | None = typer.Option(None, "--lengths", help="Synthetic lengths (fixed:N, uniform:MIN:MAX, ...)."),
+    dataset: Path | None = typer.Option(None, "--dataset", help="JSONL/CSV/Parquet payload rows (else synthetic)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Rows per request."),
+    processes: int | None = typer.Option(None, "--processes", help="Locust worker processes (raise for high rates)."),
+    triton_metrics_url: str | None = typer.Option(
+        None, "--triton-metrics-url", help="Triton /metrics to snapshot per step (default: the host's port 8002)."
+    ),
+    gpu_metrics_url: str | None = typer.Option(None, "--gpu-metrics-url", help="GPU exporter /metrics to snapshot."),
+    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where the sweep's run directory goes."),
+    cost_file: Path | None = typer.Option(None, "--cost-file", help=COST_FILE_HELP),
+    instance: str | None = typer.Option(None, "--instance", help=INSTANCE_HELP),
+) -> None:
+    """Find each model's highest sustained load within a latency budget (growth, then bisection to ±5 %)."""
+    from loadtest.analysis.analyze import analyze_run
+    from loadtest.analysis.capacity import StepRules
+    from loadtest.analysis.sweep import SweepSettings, SweepTarget, run_sweep
+    from loadtest.analysis.terminal import render_terminal
+    from loadtest.errors import LoadtestError
+
+    if mode not in ("open", "closed"):
+        raise LoadtestError(f"--mode must be open or closed, got '{mode}'")
+    if arrival not in ("constant", "poisson"):
+        raise LoadtestError(f"--arrival must be constant or poisson, got '{arrival}'")
+    try:
+        settings = SweepSettings(
+            budget_ms=budget_ms, percentile=percentile, mode=mode, start=start, growth=growth, max_load=max_load,
+            tolerance=tolerance, max_steps=max_steps, warmup_s=warmup, duration_s=duration, arrival=arrival,
+            rules=StepRules(min_requests=min_requests, max_error_rate=max_error_rate,
+                            stability_windows=stability_windows, stability_threshold=stability_threshold,
+                            min_duration_s=min(5.0, duration)),
+        )
+    except ValueError as exc:  # pydantic: name the first bad option
+        err = exc.errors()[0] if hasattr(exc, "errors") else None
+        where = "--" + str(err["loc"][-1]).replace("_", "-") if err else "option"
+        raise LoadtestError(f"{where}: {err['msg'] if err else exc}") from None
+    names, roles = _models(repository, models)
+    console = _console()
+    target = SweepTarget(host=host, repository=repository, protocol=protocol, triton_metrics_url=triton_metrics_url,
+                         gpu_metrics_url=gpu_metrics_url, processes=processes, lengths=lengths,
+                         batch_size=batch_size, dataset=dataset)
+    unit = "req/s" if mode == "open" else "users"
+    console.print(f"sweeping {', '.join(names)} at P{percentile:g} ≤ {budget_ms:g} ms: from {start:g} {unit}, "
+                  f"×{growth:g} then bisection to ±{tolerance:.0%}")
+    outcome = run_sweep(target, settings, names, roles, results_dir=results_dir, console=console)
+    result = analyze_run(outcome.run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file,
+                         instance=instance)
+    render_terminal(result, console)
+
+
+def _models(repository: Path, models: str | None) -> tuple[list[str], dict[str, str | None]]:
+    """Model names to sweep and who is teacher/student (from the repository's loadtest.json)."""
+    import json
+
+    from loadtest.errors import LoadtestError
+
+    meta_path = repository / "loadtest.json"
+    meta = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            raise LoadtestError(f"{meta_path} is not valid JSON") from None
+    teacher, student = meta.get("teacher"), meta.get("student")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else [n for n in (teacher, student) if n]
+    if not names:
+        raise LoadtestError(f"no --models given and no {meta_path} naming teacher and student")
+    return list(dict.fromkeys(names)), {"teacher": teacher, "student": student}
+
+
+def plan(
+    run_dir: Path = typer.Argument(..., help="A run directory with capacity figures (best: a `loadtest sweep` run)."),
+    peak_qps: float = typer.Option(..., "--peak-qps", help="Peak requests/s the service must absorb."),
+    budget_ms: float | None = typer.Option(
+        None, "--budget-ms", help="Latency budget (default: the sweep's; a different one reuses its steps)."
+    ),
+    percentile: float | None = typer.Option(None, "--percentile", help="Percentile the budget applies to (95)."),
+    headroom: float = typer.Option(1.3, "--headroom", help="Capacity factor over peak (1.3 = 30 % spare)."),
+    cost_file: Path | None = typer.Option(None, "--cost-file", help=COST_FILE_HELP),
+    instance: str | None = typer.Option(None, "--instance", help=INSTANCE_HELP),
+) -> None:
+    """Replicas and monthly cost for teacher and student at a peak load: the capacity plan in one table."""
+    from rich.table import Table
+
+    from loadtest.analysis import fmt
+    from loadtest.analysis.analyze import compute
+    from loadtest.analysis.plan import plan as make_plan
+    from loadtest.analysis.plan import plan_frame, saving_line
+    from loadtest.analysis.views import who
+
+    console = _console()
+    with console.status(f"reading capacity from {run_dir}"):
+        analysis = compute(run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance)
+    rows = make_plan(analysis, peak_qps, headroom)
+    folder = analysis.run_dir / "tables"
+    folder.mkdir(exist_ok=True)
+    frame = plan_frame(rows)
+    frame.to_csv(folder / "plan.csv", index=False)
+    frame.to_parquet(folder / "plan.parquet", index=False)
+    book = analysis.cost_book
+    table = Table(
+        title=f"Capacity plan: {peak_qps:g} req/s peak × {headroom:g} headroom at P{analysis.percentile:g} ≤ "
+              f"{analysis.budget_ms:g} ms", title_justify="left", header_style="bold cyan",
+        caption=f"Replica = one {rows[0].instance if rows else ''} serving as measured; monthly = replicas × $/hour × "
+                f"{book.hours_per_month:g} h; prices: {book.basis}.", caption_justify="left", caption_style="dim",
+    )
+    for h in ("Model", "QPS at budget / replica", "Replicas", "Instance", "$/hour", "Monthly cost", "Note"):
+        table.add_column(h, justify="left" if h in ("Model", "Instance", "Note") else "right")
+    for r in rows:
+        table.add_row(who(r.model, r.role), fmt.num(r.qps_at_budget_per_replica),
+                      str(r.replicas) if r.replicas is not None else fmt.MISSING, r.instance, fmt.usd(r.usd_per_hour),
+                      fmt.usd(r.monthly_usd), r.note)
+    console.print(table)
+    line = saving_line(rows)
+    if line:
+        console.print(line)
+    console.print(f"table: {folder / 'plan.csv'}", style="dim")

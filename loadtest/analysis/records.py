@@ -1,0 +1,264 @@
+"""Reading a run directory: the union of every process's record shards plus the run's manifest.
+
+The analyzer trusts nothing it has not checked: a missing directory, a run without records, a shard that
+is not Parquet or lacks a schema column, or a run where every request failed is a one-line
+``LoadtestError`` naming the path, never a traceback deep inside pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loadtest.errors import LoadtestError
+
+# docs/architecture.md, "Record schema": column -> pandas dtype after loading.
+RECORD_SCHEMA: dict[str, str] = {
+    "intended_start": "float64",
+    "start": "float64",
+    "end": "float64",
+    "latency_s": "float64",
+    "service_time_s": "float64",
+    "model": "string",
+    "protocol": "string",
+    "batch_size": "int32",
+    "tokens": "int64",
+    "success": "bool",
+    "error": "string",
+    "stage": "string",
+    "loop": "string",
+    "late": "bool",
+    "worker": "string",
+    "scenario": "string",
+}
+ALL_STAGES = "(all)"
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """What the manifest says about one stage (a shape stage or a sweep step)."""
+
+    name: str
+    model: str | None = None  # the only model the stage drove, when it drove one
+    start: float | None = None  # epoch seconds
+    end: float | None = None
+    warmup_s: float = 0.0
+    offered_rate: float | None = None  # open loop: target arrivals/s
+    users: int | None = None  # closed loop: concurrency
+    loop: str | None = None
+
+
+@dataclass
+class RunData:
+    """A loaded run: all records (every shard) and the manifest facts the analyzer uses."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    records: pd.DataFrame
+    teacher: str | None
+    student: str | None
+    stages: dict[str, StageInfo] = field(default_factory=dict)
+    dropped: dict[tuple[str, str], int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[str]:
+        """Models in display order: teacher, student, then any other model found in the records."""
+        found = list(pd.unique(self.records["model"].astype(str)))
+        ordered = [m for m in (self.teacher, self.student) if m and m in found]
+        return ordered + sorted(m for m in found if m not in ordered)
+
+    def role(self, model: str) -> str:
+        if model == self.teacher:
+            return "teacher"
+        if model == self.student:
+            return "student"
+        return "other"
+
+    @property
+    def start(self) -> float:
+        value = self.manifest.get("start")
+        return float(value) if isinstance(value, (int, float)) else float(self.records["intended_start"].min())
+
+    @property
+    def end(self) -> float:
+        value = self.manifest.get("end")
+        return float(value) if isinstance(value, (int, float)) else float(self.records["end"].max())
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """``manifest.json`` as a dict; a run without one is still analysable (records carry the essentials)."""
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LoadtestError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise LoadtestError(f"{path}: expected a JSON object")
+    return data
+
+
+def _check_run_dir(run_dir: Path) -> list[Path]:
+    if not run_dir.exists():
+        raise LoadtestError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise LoadtestError(f"{run_dir} is not a directory (expected a run directory under results/)")
+    shards = sorted((run_dir / "records").glob("*.parquet"))
+    if not shards:
+        raise LoadtestError(f"{run_dir} has no request records (records/*.parquet): did the load test run?")
+    return shards
+
+
+def read_records(shards: list[Path]) -> pd.DataFrame:
+    """Concatenate every shard (several processes, several flushes) and enforce the record schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for shard in shards:
+        try:
+            table = pq.read_table(shard)
+        except (OSError, pa.ArrowException) as exc:
+            raise LoadtestError(f"{shard}: not a readable Parquet record shard ({str(exc).splitlines()[0]})") from None
+        missing = [c for c in RECORD_SCHEMA if c not in table.column_names]
+        if missing:
+            raise LoadtestError(f"{shard}: record shard lacks column(s) {', '.join(missing)}")
+        if table.num_rows:
+            tables.append(table.select(list(RECORD_SCHEMA)))
+    if not tables:
+        raise LoadtestError(f"{shards[0].parent} holds {len(shards)} record shard(s) but no requests")
+    table = pa.concat_tables(tables, promote_options="permissive")
+    frame = table.to_pandas()
+    for column, dtype in RECORD_SCHEMA.items():
+        if dtype == "string":
+            frame[column] = frame[column].astype("string")
+        elif dtype == "bool":
+            frame[column] = frame[column].fillna(False).astype(bool)
+        else:
+            frame[column] = frame[column].astype(dtype)
+    return frame
+
+
+def _roles(manifest: dict[str, Any], found: list[str]) -> tuple[str | None, str | None]:
+    """Teacher and student model names: the manifest's say, else the repository's default names."""
+    models = manifest.get("models")
+    teacher = student = None
+    if isinstance(models, dict):
+        teacher, student = models.get("teacher"), models.get("student")
+    if teacher is None and "teacher" in found:
+        teacher = "teacher"
+    if student is None and "student" in found:
+        student = "student"
+    return (str(teacher) if teacher else None), (str(student) if student else None)
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _stages(manifest: dict[str, Any]) -> dict[str, StageInfo]:
+    stages: dict[str, StageInfo] = {}
+    raw = manifest.get("stages") or []
+    if isinstance(raw, dict):
+        raw = [dict(v, name=k) for k, v in raw.items() if isinstance(v, dict)]
+    for item in raw:
+        if not isinstance(item, dict) or "name" not in item:
+            continue
+        rate = next((_num(item[k]) for k in ("offered_rate", "rate", "target_rps", "arrival_rate") if k in item), None)
+        users = next((_num(item[k]) for k in ("users", "concurrency") if k in item), None)
+        stages[str(item["name"])] = StageInfo(
+            name=str(item["name"]),
+            model=str(item["model"]) if item.get("model") else None,
+            start=_num(item.get("start")),
+            end=_num(item.get("end")),
+            warmup_s=_num(item.get("warmup_s")) or 0.0,
+            offered_rate=rate,
+            users=int(users) if users is not None else None,
+            loop=str(item["loop"]) if item.get("loop") else None,
+        )
+    return stages
+
+
+def _dropped(manifest: dict[str, Any]) -> dict[tuple[str, str], int]:
+    """Dropped open-loop sends per (model, stage): ``{"model": {"stage": n}}`` or a list of rows."""
+    raw = manifest.get("dropped") or {}
+    out: dict[tuple[str, str], int] = {}
+    if isinstance(raw, dict):
+        for model, per_stage in raw.items():
+            if isinstance(per_stage, dict):
+                for stage, n in per_stage.items():
+                    if _num(n) is not None:
+                        out[(str(model), str(stage))] = out.get((str(model), str(stage)), 0) + int(n)
+            elif _num(per_stage) is not None:
+                out[(str(model), ALL_STAGES)] = int(per_stage)
+    elif isinstance(raw, list):
+        for row in raw:
+            if isinstance(row, dict) and _num(row.get("dropped", row.get("count"))) is not None:
+                key = (str(row.get("model")), str(row.get("stage", ALL_STAGES)))
+                out[key] = out.get(key, 0) + int(row.get("dropped", row.get("count")))
+    return out
+
+
+def load_run(run_dir: Path | str) -> RunData:
+    """Load a run directory; raises LoadtestError (one line) for anything a user can get wrong."""
+    run_dir = Path(run_dir)
+    shards = _check_run_dir(run_dir)
+    manifest = read_manifest(run_dir)
+    records = read_records(shards)
+    ok = int(records["success"].sum())
+    if ok == 0:
+        errors = records["error"].dropna()
+        first = str(errors.iloc[0]).splitlines()[0][:200] if len(errors) else "no error text recorded"
+        raise LoadtestError(
+            f"{run_dir}: all {len(records)} recorded requests failed, nothing to measure (first error: {first})"
+        )
+    bad = ~np.isfinite(records["latency_s"].to_numpy()) & records["success"].to_numpy()
+    notes: list[str] = []
+    if bad.any():
+        notes.append(f"{int(bad.sum())} successful record(s) without a finite latency were ignored")
+        records = records[~bad].reset_index(drop=True)
+    found = [str(m) for m in pd.unique(records["model"].astype(str))]
+    teacher, student = _roles(manifest, found)
+    if not manifest:
+        notes.append("no manifest.json: stage timing and offered rates come from the records alone")
+    run = RunData(run_dir, manifest, records, teacher, student, _stages(manifest), _dropped(manifest), notes)
+    for role, name in (("teacher", teacher), ("student", student)):
+        if name is None or name not in found:
+            run.notes.append(f"no {role} records in this run: the comparison leaves its figures empty")
+    return run
+
+
+def window_of(frame: pd.DataFrame, info: StageInfo | None) -> tuple[float, float]:
+    """The measurement window of some records: the stage's after warm-up, else their own extent."""
+    start = float(frame["intended_start"].min()) if len(frame) else math.nan
+    end = float(frame["end"].max()) if len(frame) else math.nan
+    if info is not None:
+        if info.start is not None:
+            start = info.start + info.warmup_s
+        if info.end is not None:
+            end = info.end
+    return start, end
+
+
+def completed_within(frame: pd.DataFrame, end: float) -> pd.Series:
+    """Successful requests answered by the window's end: what achieved throughput counts.
+
+    A saturated server answers a step's backlog after the step: those answers still count for latency
+    (they are what users saw) but not as throughput the step achieved.
+    """
+    return frame["success"] & (frame["end"] <= end + 1e-9)
+
+
+def after_warmup(frame: pd.DataFrame, info: StageInfo | None) -> pd.DataFrame:
+    """Drop the requests a stage's warm-up covers (intended to start before start + warmup)."""
+    if info is None or info.start is None or info.warmup_s <= 0:
+        return frame
+    return frame[frame["intended_start"] >= info.start + info.warmup_s]

@@ -1,0 +1,70 @@
+"""The summary verdict: the few sentences a capacity planner reads first, built only from measured figures."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from loadtest.analysis import fmt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from loadtest.analysis.analyze import Analysis
+
+
+def _fig(analysis: "Analysis", metric: str) -> tuple[float, float]:
+    row = analysis.comparison.set_index("metric").loc[metric]
+    return float(row["teacher"]), float(row["student"])
+
+
+def verdict(analysis: "Analysis") -> str:
+    """Sentences comparing student with teacher; says plainly what could not be measured."""
+    if analysis.teacher not in analysis.models or analysis.student not in analysis.models:
+        present = ", ".join(analysis.models)
+        return f"Only {present} was measured in this run: no teacher/student comparison is possible."
+    p, b = analysis.percentile, analysis.budget_ms
+    parts: list[str] = []
+    t_q, s_q = _fig(analysis, "qps_at_budget")
+    if math.isfinite(t_q) and math.isfinite(s_q):
+        parts.append(
+            f"At P{p:g} ≤ {b:g} ms the student sustains {fmt.num(s_q)} req/s against the teacher's {fmt.num(t_q)} "
+            f"({s_q / t_q:.2f}×)."
+        )
+    else:
+        missing = [r for r, v in (("teacher", t_q), ("student", s_q)) if not math.isfinite(v)]
+        reasons = "; ".join(
+            f"{r}: {analysis.capacity[getattr(analysis, r)].note}" for r in missing if getattr(analysis, r) in analysis.capacity
+        )
+        parts.append(f"QPS at P{p:g} ≤ {b:g} ms is not known for the {' and '.join(missing)} ({reasons}).")
+    t_c, s_c = _fig(analysis, "cost_per_1m_tokens_usd")
+    if math.isfinite(t_c) and math.isfinite(s_c):
+        inst = next(iter(analysis.costs.values())).instance
+        word = "less" if s_c < t_c else "more"
+        parts.append(
+            f"Cost per 1M tokens: {fmt.usd(s_c)} vs {fmt.usd(t_c)} on {inst} ({abs(1 - s_c / t_c) * 100:.0f} % {word})."
+        )
+    d = analysis.difference
+    t_p, s_p = _fig(analysis, "p95_ms")
+    refs = [analysis.references.get(m) for m in (analysis.teacher, analysis.student)]
+    where = ""
+    if all(r is not None for r in refs):
+        if refs[0].basis == "matched load":
+            where = f"At the same load ({refs[0].description.split(' (')[0].removeprefix('matched load ')}) t"
+        elif refs[0].basis == "at budget":
+            where = "Each at its own at-budget load, t"
+    if d is not None and math.isfinite(d.difference_s):
+        if d.significant:
+            direction = "lower" if d.difference_s < 0 else "higher"
+            rel = f" ({abs(s_p / t_p - 1) * 100:.0f} % {direction})" if math.isfinite(t_p) and math.isfinite(s_p) else ""
+            parts.append(
+                f"{where or 'T'}he student's P95 is {abs(d.difference_s) * 1000:.3g} ms {direction}{rel}: significant "
+                f"(bootstrap 95 % CI of the difference {d.ci_low_s * 1000:+.3g} … {d.ci_high_s * 1000:+.3g} ms)."
+            )
+        else:
+            parts.append(
+                f"{where + 'he P95' if where else 'P95'} shows no significant difference (bootstrap 95 % CI {d.ci_low_s * 1000:+.3g} … "
+                f"{d.ci_high_s * 1000:+.3g} ms, noise threshold ±{d.noise_threshold_s * 1000:.2g} ms)."
+            )
+    t_e, s_e = _fig(analysis, "error_rate")
+    if (math.isfinite(t_e) and t_e > 0) or (math.isfinite(s_e) and s_e > 0):
+        parts.append(f"Errors: teacher {fmt.rate(t_e)}, student {fmt.rate(s_e)}.")
+    return " ".join(parts)

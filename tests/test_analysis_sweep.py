@@ -1,0 +1,115 @@
+"""The QPS-at-budget search: its algorithm on a known latency curve, and a short real sweep on Triton."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from loadtest.analysis.capacity import StepResult, StepRules
+from loadtest.analysis.sweep import SweepSettings, SweepTarget, passes, run_sweep, search
+
+
+def _step(load: float, latency_ms: float, *, counted: bool = True, reasons=(), mode: str = "open") -> StepResult:
+    return StepResult(
+        model="m", stage=f"m-{load:g}", loop=mode, offered_rate=load if mode == "open" else None,
+        users=int(load) if mode == "closed" else None, duration_s=10.0, requests=1000, successes=1000,
+        error_rate=0.0, achieved_qps=load * (0.99 if mode == "open" else 10), tokens_per_s=load * 40,
+        percentile=95.0, latency_ms=latency_ms, ci_low_ms=latency_ms * 0.9, ci_high_ms=latency_ms * 1.1,
+        counted=counted, reasons=list(reasons),
+    )  # fmt: skip
+
+
+def curve(capacity: float, budget: float = 50.0):
+    """P95 grows with load and crosses the budget exactly at ``capacity``."""
+    return lambda load: _step(load, budget * (load / capacity) ** 3)
+
+
+def test_growth_then_bisection_brackets_the_capacity_within_tolerance():
+    settings = SweepSettings(budget_ms=50.0, start=10, growth=2.0, tolerance=0.05)
+    loads = []
+
+    def measure(load):
+        loads.append(load)
+        return curve(137.0)(load)
+
+    result = search(measure, settings, "m")
+    assert loads[:5] == [10, 20, 40, 80, 160]  # coarse growth until the first failure
+    assert loads[5] == 152  # the failure retried once, slightly lower
+    lo, hi = result.best.load, result.failing_load
+    assert lo <= 137 < hi and (hi - lo) / (hi + lo) <= 0.05
+    assert result.stopped == "interval within tolerance"
+    assert all(passes(s, 50.0) == (s.load <= 137) for s in result.steps)
+
+
+def test_an_unstable_step_within_budget_is_measured_again():
+    settings = SweepSettings(budget_ms=50.0, start=10, tolerance=0.2, max_steps=10)
+    seen: dict[float, int] = {}
+
+    def measure(load):
+        seen[load] = seen.get(load, 0) + 1
+        if load == 20 and seen[load] == 1:
+            return _step(load, 20, counted=False, reasons=["P95 drifting upward across 3 windows (+40%)"])
+        return curve(70.0)(load)
+
+    result = search(measure, settings, "m")
+    assert seen[20] == 2 and result.best.load >= 40
+
+
+def test_nothing_within_budget_comes_down_then_says_so():
+    settings = SweepSettings(budget_ms=50.0, start=40, min_load=2, max_steps=20)
+    result = search(lambda load: _step(load, 80.0), settings, "m")
+    assert result.best is None and "exceeds 50 ms" in result.stopped
+    assert [s.load for s in result.steps][:3] == [40, 20, 10]
+
+
+def test_closed_loop_bisects_whole_users():
+    settings = SweepSettings(budget_ms=50.0, mode="closed", start=1, tolerance=0.05)
+    result = search(lambda users: _step(users, 50.0 * (users / 11.5) ** 2, mode="closed"), settings, "m")
+    assert result.best.load == 11 and result.failing_load == 12
+    assert all(float(s.load).is_integer() for s in result.steps)
+
+
+def test_max_steps_bounds_the_search():
+    settings = SweepSettings(budget_ms=50.0, start=1, max_steps=4, max_load=1e6)
+    result = search(curve(1e5), settings, "m")
+    assert len(result.steps) == 4 and "max-steps" in result.stopped
+
+
+def test_real_sweep_writes_a_run_directory_analyze_reproduces(triton_server, tmp_path):
+    """Both models, same settings, against the real embedded Triton; a budget no step misses keeps it short."""
+    from loadtest.analysis import analyze_run
+
+    settings = SweepSettings(
+        budget_ms=5000.0, start=10, growth=2.0, max_steps=2, warmup_s=1.0, duration_s=3.0,
+        rules=StepRules(min_duration_s=2.0, min_requests=25),
+    )  # fmt: skip
+    target = SweepTarget(host=triton_server.http_url, repository=triton_server.repository,
+                         triton_metrics_url=triton_server.metrics_url)
+    outcome = run_sweep(target, settings, ["teacher", "student"], {"teacher": "teacher", "student": "student"},
+                        results_dir=tmp_path)
+    run_dir = outcome.run_dir
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["kind"] == "sweep" and manifest["end"] > manifest["start"]
+    assert [s["offered_rate"] for s in manifest["stages"]] == [10, 20, 10, 20]
+    assert all(s["warmup_s"] > 0.5 for s in manifest["stages"])
+    assert list((run_dir / "records").glob("*.parquet")) and list((run_dir / "metrics").glob("*.prom"))
+    for model, result in outcome.results.items():
+        assert len(result.steps) == 2 and "max-steps" in result.stopped
+        assert all(s.error_rate == 0 for s in result.steps)
+    # the analyzer, from the raw records alone, reaches the sweep's own step decisions
+    analysis = analyze_run(run_dir)
+    assert analysis.budget_ms == 5000.0 and analysis.kind == "sweep"
+    for model, result in outcome.results.items():
+        mine = {s.stage: s for s in analysis.steps if s.model == model}
+        for step in result.steps:
+            again = mine[step.stage]
+            assert again.successes == step.successes and again.counted == step.counted
+            assert again.latency_ms == pytest.approx(step.latency_ms)
+        if result.best is not None:
+            assert analysis.capacity[model].qps_at_budget == pytest.approx(result.best.achieved_qps)
+    latency = pd.read_csv(run_dir / "tables" / "latency.csv")
+    assert latency["server_queue_ms"].notna().all()  # every step bracketed by its own snapshots
+    assert not math.isnan(analysis.comparison.set_index("metric").at["p95_ms", "student"])
