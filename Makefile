@@ -17,12 +17,13 @@ test: install system-deps ## install (with Prometheus and Chromium), then run th
 
 install: $(BIN)/loadtest
 
-$(BIN)/loadtest: pyproject.toml
+$(BIN)/loadtest: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	# torch first, pinned: an unpinned torch drags in gigabytes of CUDA wheels on a CPU machine
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -c constraints.txt
+	# constraints.txt: the versions the suite last passed with (numpy<2 for PyTriton, and a pyarrow that accepts it)
+	$(BIN)/python -m pip install --quiet -e ".[test]" -c constraints.txt
 	touch $(BIN)/loadtest
 
 # Debian packages the integration tests use: a real Prometheus (+ promtool) and headless Chromium.
