@@ -9,9 +9,11 @@ effects a distillation review must catch, so the quality report has something tr
   ("last month I wrote that I lost my card, that is sorted now"); the label is the present intent;
 - the rare class is second order: it has no words of its own. It is a *lost card* cue together with an
   *unrecognised payment* cue (each alone is ``card_lost`` / ``dispute_charge``), both in the present, often
-  far apart, while hard ``card_lost``/``dispute_charge`` examples pair the same two cues with one in the past.
-  A small student trained briefly picks up the single cues but misses the conjunction more often than its
-  teacher, so the rare slice drops more than the aggregate.
+  far apart. Its near-twins are the hard ``card_lost``/``dispute_charge`` examples that pair the same two cues
+  with one of them in the past ("... a few weeks ago"), so only tense binds the cues into the rare intent.
+  This conjunction is the last thing a model learns: a student with less capacity and fewer steps gets the
+  single cues right but the rare intent wrong more often than its teacher, so the rare slice drops more than
+  the aggregate (measured figures in the build's pair.json).
 
 The evaluation split is drawn from its own random stream with its own ids; a train text that equals an
 evaluation text is redrawn unless it is very short (terse requests such as "Card lost." recur in real logs too),
@@ -80,39 +82,60 @@ _SLOTS: dict[str, tuple[str, ...]] = {
     "person": ("my landlord", "my sister", "my brother", "a friend", "my mum", "my dad", "my son", "my daughter",
                "my flatmate", "a colleague", "my builder", "my accountant", "the school", "my partner",
                "my cousin", "a supplier", "my grandmother", "the garage"),
-    "merchant": ("amazon", "netflix", "uber", "spotify", "a hotel in lisbon", "the supermarket",
-                 "an online shop", "a petrol station", "a restaurant", "ebay", "a gym", "an airline",
-                 "a parking app", "a phone company", "a betting site", "a furniture store", "a taxi firm"),
+    "merchant": ("amazon", "netflix", "uber", "spotify", "a hotel in lisbon", "the supermarket", "an online shop",
+                 "a petrol station", "a restaurant", "ebay", "a gym", "an airline", "a parking app",
+                 "a phone company", "a betting site", "a furniture store", "a taxi firm", "a pharmacy",
+                 "a bookshop", "a coffee shop", "a cinema chain", "a car rental firm", "a music festival",
+                 "a dating app", "an electronics store", "a garden centre", "a bakery", "a clothing website",
+                 "a streaming service", "a travel agent"),
     "currency": ("euros", "dollars", "us dollars", "yen", "swiss francs", "pounds", "canadian dollars",
                  "australian dollars", "pesos", "rupees", "turkish lira", "danish krone"),
     "place": ("the pub", "the gym", "a taxi", "the train", "work", "the airport", "a restaurant", "the cinema",
               "a friend's house", "the bus", "the beach", "a hotel", "the office", "the library"),
     "name": ("anna", "ben", "carlos", "diana", "emeka", "fatima", "george", "hannah", "ivan", "julia", "kenji",
              "laura", "mohammed", "nina", "oliver", "priya", "quentin", "rosa", "samuel", "tara", "umar",
-             "victoria", "william", "xiao", "yusuf", "zoe", "martin", "elena", "tom", "sofia"),
+             "victoria", "william", "xiao", "yusuf", "zoe", "martin", "elena", "tom", "sofia", "aisha", "bruno",
+             "chloe", "dmitri", "esther", "felix", "grace", "hugo", "ines", "jamal", "katarzyna", "leo", "maya",
+             "niall", "olga", "pablo", "rania", "stefan", "tomasz", "ursula", "vikram", "wendy", "yara", "zainab",
+             "aleksander", "bridget", "ciaran", "deepa", "eamon", "farah"),
     "city": ("london", "manchester", "leeds", "glasgow", "bristol", "cardiff", "belfast", "dublin", "paris",
-             "berlin", "madrid", "rome", "lisbon", "amsterdam", "brussels", "vienna", "prague", "warsaw",
-             "oslo", "stockholm", "leicester", "york", "bath", "oxford", "cambridge"),
-    "country": ("spain", "france", "italy", "portugal", "greece", "germany", "japan", "canada", "mexico",
-                "india", "thailand", "australia", "morocco", "turkey", "brazil", "norway", "egypt", "kenya"),
+             "berlin", "madrid", "rome", "lisbon", "amsterdam", "brussels", "vienna", "prague", "warsaw", "oslo",
+             "stockholm", "leicester", "york", "bath", "oxford", "cambridge", "liverpool", "newcastle",
+             "sheffield", "nottingham", "brighton", "aberdeen", "dundee", "swansea", "exeter", "norwich",
+             "munich", "hamburg", "milan", "naples", "seville", "valencia", "porto", "lyon", "marseille",
+             "copenhagen", "helsinki", "budapest"),
+    "country": ("spain", "france", "italy", "portugal", "greece", "germany", "japan", "canada", "mexico", "india",
+                "thailand", "australia", "morocco", "turkey", "brazil", "norway", "egypt", "kenya", "sweden",
+                "poland", "ireland", "croatia", "vietnam", "peru", "chile", "ghana", "nigeria", "iceland",
+                "austria", "belgium"),
     "day": ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
-    "month": ("january", "february", "march", "april", "may", "june", "july", "august", "september",
-              "october", "november", "december"),
+    "month": ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+              "november", "december"),
     "job": ("nurse", "teacher", "software developer", "plumber", "student", "retired engineer", "shop manager",
-            "delivery driver", "chef", "lawyer", "carpenter", "pharmacist", "designer", "farmer"),
+            "delivery driver", "chef", "lawyer", "carpenter", "pharmacist", "designer", "farmer", "electrician",
+            "accountant", "dentist", "journalist", "mechanic", "cleaner", "architect", "librarian", "firefighter",
+            "hairdresser"),
     "years": ("two", "three", "five", "ten", "twenty", "fifteen", "eight", "thirty"),
     "minutes": ("ten", "twenty", "thirty", "forty", "fifty"),
     "relative": ("mother", "father", "husband", "wife", "uncle", "aunt", "grandfather", "neighbour"),
     "time": ("nine", "ten", "eleven", "noon", "two", "three", "four", "five"),
     "age": ("nineteen", "twenty", "thirty", "forty", "sixty", "seventy", "eighty"),
     "ordinal": ("first", "fifth", "tenth", "fifteenth", "twentieth", "last day"),
-    "hobby": ("football", "cooking", "gardening", "running", "painting", "chess", "cycling", "photography"),
-    "thing": ("sofa", "laptop", "bike", "washing machine", "car", "phone", "fridge", "camera"),
+    "surname": ("smith", "jones", "patel", "nowak", "murphy", "garcia", "okafor", "kowalski", "brown", "wilson",
+                "taylor", "ahmed", "khan", "rossi", "muller", "dubois", "silva", "novak", "kelly", "evans",
+                "johansson", "papadopoulos", "yilmaz", "tanaka", "mensah", "oconnor", "fernandes", "schmidt"),
+    "hobby": ("football", "cooking", "gardening", "running", "painting", "chess", "cycling", "photography",
+              "swimming", "knitting", "fishing", "climbing", "baking", "pottery", "sailing", "birdwatching"),
+    "thing": ("sofa", "laptop", "bike", "washing machine", "car", "phone", "fridge", "camera", "boiler",
+              "roof repair", "wedding", "new kitchen", "van", "piano", "holiday", "tablet", "sewing machine",
+              "motorbike"),
 }
 
 # Context clauses: neutral about the intent, they only make texts long and varied.
 _FILLER: tuple[str, ...] = (
     "my name is {name}",
+    "my name is {name} {surname}",
+    "this is {name} {surname} writing",
     "i have been a customer for {years} years",
     "i live in {city}",
     "i'm writing from my phone so sorry for any typos",
@@ -298,9 +321,7 @@ _TWINS = {"card_lost": "dispute_charge", "dispute_charge": "card_lost"}
 _RARE_PARTS: tuple[str, str] = ("card_lost", "dispute_charge")
 # Hard pairs (main, secondary) never involving the rare class; card_lost/dispute_charge pairs are allowed and
 # are exactly what makes the rare class a question of tense and conjunction rather than of vocabulary.
-_HARD_PAIRS: tuple[tuple[str, str], ...] = tuple(
-    (a, b) for a in _CUES for b in _CUES if a != b
-)
+_HARD_PAIRS: tuple[tuple[str, str], ...] = tuple((a, b) for a in _CUES for b in _CUES if a != b)
 
 # Texts this long (in pre-tokens) are unique across and within splits; shorter ones may recur, as
 # "balance please" recurs in real chat logs (forcing uniqueness there would skew the length law).
@@ -308,6 +329,19 @@ _UNIQUE_FROM = 12
 
 _PRETOKEN = re.compile(r"\w+|[^\w\s]")
 _SLOT = re.compile(r"\{(\w+)\}")
+
+
+def lexicon() -> list[str]:
+    """Every word the generator can write (templates and slot values): the tokenizer keeps them whole."""
+    texts: list[str] = []
+    for values in _SLOTS.values():
+        texts.extend(values)
+    for group in (_FILLER, _RESOLVED_FRAMES, _PAST_FRAMES):
+        texts.extend(_SLOT.sub(" ", t) for t in group)
+    for table in (_CUES, _TERSE, _PAST):
+        for templates in table.values():
+            texts.extend(_SLOT.sub(" ", t) for t in templates)
+    return texts
 
 
 def count_pretokens(text: str) -> int:
@@ -325,7 +359,7 @@ def length_bucket(n_tokens: int) -> str:
 
 @dataclass(frozen=True)
 class CorpusShape:
-    """How a split is drawn: sizes, shares and the lognormal length law (median and sigma in tokens)."""
+    """How a split is drawn: rare and hard shares and the lognormal length law (median and sigma in tokens)."""
 
     rare_share: float = 0.025
     hard_share: float = 0.10
@@ -374,8 +408,6 @@ class _Writer:
 
 
 def _sentence(clause: str) -> str:
-    if clause.endswith("?"):
-        return clause[0].upper() + clause[1:]
     question = clause.startswith(("how ", "what ", "can ", "is ", "am ", "has ", "do ", "where "))
     return clause[0].upper() + clause[1:] + ("?" if question else ".")
 
