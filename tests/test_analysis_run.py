@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -244,3 +243,15 @@ def test_views_never_show_nan(gpu_run):
     for view in all_views(analysis):
         for row in view.rows:
             assert not any("nan" in cell.lower() for cell in row), (view.key, row)
+
+
+def test_terminal_tables(gpu_run):
+    from rich.console import Console
+
+    from loadtest.analysis import render_terminal
+
+    console = Console(record=True, width=200)
+    render_terminal(gpu_run[2], console)
+    text = console.export_text()
+    for needle in ("Teacher vs student", "QPS at P95 ≤ 50 ms", "Cost per 1M tokens", "Triton queue", "significant"):
+        assert needle in text

@@ -153,7 +153,7 @@ def _latency_row(
 
 
 def _dropped(run: RunData, model: str, stage: str) -> float:
-    if not run.dropped:
+    if not run.dropped and "dropped" not in run.manifest:  # not recorded, which is not zero
         return math.nan
     if stage == ALL_STAGES:
         return float(sum(n for (m, _), n in run.dropped.items() if m == model))
@@ -268,7 +268,7 @@ def _rules_and_budget(run: RunData, budget_ms: float | None, percentile: float |
     elif isinstance(sweep.get("budget_ms"), (int, float)):
         budget, source = float(sweep["budget_ms"]), "the sweep's budget"
     else:
-        budget, source = DEFAULT_BUDGET_MS, "default (no --budget-ms given)"
+        budget, source = DEFAULT_BUDGET_MS, "default: no --budget-ms given"
     pct = float(percentile) if percentile is not None else float(sweep.get("percentile", 95.0))
     if not 0 < pct < 100:
         raise LoadtestError(f"--percentile must be between 0 and 100 (got {pct:g})")

@@ -89,13 +89,9 @@ class CostBook(BaseModel):
         return f"{self.price_basis}, as of {self.prices_as_of}"
 
 
-def _field_hint(loc: tuple, raw: dict) -> str:
-    """'instances[2].usd_per_hr' plus a did-you-mean for a misspelt field."""
-    parts = []
-    for item in loc:
-        parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
-    where = "".join(parts).lstrip(".")
-    return where
+def _field_path(loc: tuple) -> str:
+    """pydantic's error location as the user wrote it: ``instances[2].usd_per_hr``."""
+    return "".join(f"[{item}]" if isinstance(item, int) else f".{item}" for item in loc).lstrip(".")
 
 
 def load_cost_book(path: Path | None = None) -> CostBook:
@@ -117,7 +113,7 @@ def load_cost_book(path: Path | None = None) -> CostBook:
         return CostBook.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = _field_hint(tuple(err["loc"]), raw)
+        where = _field_path(tuple(err["loc"]))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             field = str(err["loc"][-1])

@@ -36,6 +36,8 @@ def usd(x: object) -> str:
     if not ok(x):
         return MISSING
     v = float(x)  # type: ignore[arg-type]
+    if abs(v) >= 1000:
+        return f"${v:,.0f}"
     return f"${v:,.2f}" if abs(v) >= 100 else "$" + num(v, 3)
 
 

@@ -16,6 +16,7 @@ from loadtest.analysis import stats, views
 if TYPE_CHECKING:  # pragma: no cover
     from loadtest.analysis.analyze import Analysis
 
+TEXT_HEADERS = {"Note", "Why not counted", "Energy source", "Instance", "Student is", "Counts", "Within budget"}
 COMPARISON_COLUMNS = ["metric", "unit", "teacher", "student", "student_over_teacher", "saving_pct"]
 
 
@@ -41,7 +42,7 @@ def markdown_table(view: views.View) -> str:
         return str(cell).replace("|", "\\|").replace("\n", " ")
 
     lines = [f"### {view.title}", "", "| " + " | ".join(esc(h) for h in view.headers) + " |",
-             "|" + "|".join("---" if i < 2 else "---:" for i in range(len(view.headers))) + "|"]
+             "|" + "|".join("---" if i < 2 or h in TEXT_HEADERS else "---:" for i, h in enumerate(view.headers)) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in view.rows]
     if view.caption:
         lines += ["", f"_{view.caption}_"]

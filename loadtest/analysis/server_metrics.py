@@ -29,6 +29,7 @@ EXECUTIONS = "nv_inference_exec_count"
 ENERGY_COUNTERS_J = ("loadtest_gpu_energy_joules_total", "nv_energy_consumption")  # preferred first
 POWER_GAUGES_W = ("loadtest_gpu_power_watts", "nv_gpu_power_usage")
 MODEL_METRICS = (*DURATION_COUNTERS.values(), SUCCESS, INFERENCES, EXECUTIONS)
+PROMETHEUS_LABEL = "prometheus"  # Snapshots built from a Prometheus's periodic scrapes
 SNAPSHOT_NAME = re.compile(r"^(\d+)-(.+)\.prom$")
 # Labels that identify one GPU across both sources (Triton: gpu_uuid; our exporter: uuid / gpu).
 GPU_KEYS = ("gpu_uuid", "uuid", "gpu")
@@ -126,7 +127,7 @@ def query_prometheus(url: str, start: float, end: float, *, timeout_s: float = 1
     snaps = []
     cursor = [0] * len(series)
     for t in times:
-        snap = Snapshot(t, "prometheus")
+        snap = Snapshot(t, PROMETHEUS_LABEL)
         for i, (name, labels, points) in enumerate(series):
             while cursor[i] + 1 < len(points) and points[cursor[i] + 1][0] <= t:
                 cursor[i] += 1
@@ -159,22 +160,31 @@ def tight_limit(start: float, end: float) -> float:
 def bracket(
     snaps: list[Snapshot], start: float, end: float, slack_s: float = 0.5, max_excess_s: float | None = None
 ) -> tuple[Snapshot, Snapshot] | None:
-    """The latest sample at or before ``start`` and the earliest at or after ``end``.
+    """Two samples bracketing [start, end]: the pair whose counter deltas describe that window.
 
-    ``slack_s`` tolerates a snapshot taken a moment after the first request left (or before the last
-    answer arrived): the counters barely move in that moment, and without it no pair would match.
+    Saved snapshots are taken *at* stage boundaries, a few milliseconds after the boundary itself, so for
+    them the sample nearest each boundary within ``slack_s`` is the right one. Prometheus scrapes are
+    periodic: there the window must lie inside the pair (latest scrape at or before the start, earliest at
+    or after the end), or requests between a boundary and a late scrape would go missing.
     With ``max_excess_s``, a pair spanning much more than the window (other stages, idle time) is refused.
     """
-    before = [s for s in snaps if s.time_s <= start + slack_s]
-    after = [s for s in snaps if s.time_s >= end - slack_s]
-    if not before or not after:
-        return None
-    first, last = before[-1], after[0]
-    if last.time_s <= first.time_s:
-        return None
-    if max_excess_s is not None and (last.time_s - first.time_s) - (end - start) > max_excess_s:
-        return None
-    return first, last
+    events = [s for s in snaps if s.label != PROMETHEUS_LABEL]
+    periodic = [s for s in snaps if s.label == PROMETHEUS_LABEL]
+    for pool, nearest in ((events, True), (periodic, False)):
+        if nearest:
+            before = [s for s in pool if s.time_s <= start + slack_s]
+            after = [s for s in pool if s.time_s >= end - slack_s]
+            first = min(before, key=lambda s: abs(s.time_s - start), default=None)
+            last = min(after, key=lambda s: abs(s.time_s - end), default=None)
+        else:
+            first = max((s for s in pool if s.time_s <= start), key=lambda s: s.time_s, default=None)
+            last = min((s for s in pool if s.time_s >= end), key=lambda s: s.time_s, default=None)
+        if first is None or last is None or last.time_s <= first.time_s:
+            continue
+        if max_excess_s is not None and (last.time_s - first.time_s) - (end - start) > max_excess_s:
+            continue
+        return first, last
+    return None
 
 
 def server_split(

@@ -87,7 +87,10 @@ def min_samples_for_ci(p: float) -> int:
     """
     q = p / 100.0
     alpha = (1.0 - CONFIDENCE) / 2.0
-    n = np.arange(2, 200_000)
+    # both tails need P(all n on one side) < alpha: n > log(alpha) / log(q) and log(alpha) / log(1 - q);
+    # scan around that estimate with scipy's exact rule
+    guess = int(math.ceil(max(math.log(alpha) / math.log(q), math.log(alpha) / math.log(1 - q))))
+    n = np.arange(max(2, guess // 2), 2 * guess + 10)
     ok = (stats.binom.ppf(alpha, n, q).astype(int) - 1 >= 0) & (stats.binom.isf(alpha, n, q).astype(int) < n)
     return int(n[np.argmax(ok)]) if ok.any() else int(n[-1])
 

@@ -21,8 +21,7 @@ def _rich_table(view: views.View):
     table = Table(title=view.title, title_justify="left", title_style="bold", header_style="bold cyan",
                   caption=view.caption, caption_justify="left", caption_style="dim", expand=False)
     for i, header in enumerate(view.headers):
-        table.add_column(header, justify="left" if i < 2 else "right",
-                         overflow="fold", no_wrap=header not in ("Note", "Why not counted", "Energy source"))
+        table.add_column(header, justify="left" if i < 2 else "right", overflow="fold")
     for r, row in enumerate(view.rows):
         styles = view.styles[r] if view.styles and r < len(view.styles) else [""] * len(row)
         table.add_row(*(Text(cell, style=STYLE.get(s, s)) for cell, s in zip(row, styles)))

@@ -38,10 +38,9 @@ def verdict(analysis: "Analysis") -> str:
     t_c, s_c = _fig(analysis, "cost_per_1m_tokens_usd")
     if math.isfinite(t_c) and math.isfinite(s_c):
         inst = next(iter(analysis.costs.values())).instance
-        word = "less" if s_c < t_c else "more"
-        parts.append(
-            f"Cost per 1M tokens: {fmt.usd(s_c)} vs {fmt.usd(t_c)} on {inst} ({abs(1 - s_c / t_c) * 100:.0f} % {word})."
-        )
+        change = abs(1 - s_c / t_c) * 100
+        word = "the same" if change < 0.5 else f"{change:.0f} % {'less' if s_c < t_c else 'more'}"
+        parts.append(f"Cost per 1M tokens: {fmt.usd(s_c)} vs {fmt.usd(t_c)} on {inst} ({word}).")
     d = analysis.difference
     t_p, s_p = _fig(analysis, "p95_ms")
     refs = [analysis.references.get(m) for m in (analysis.teacher, analysis.student)]

@@ -77,21 +77,23 @@ def comparison_view(a: "Analysis") -> View:
             label += " (estimate)"
         shown_unit = {"fraction": "%", "count": ""}.get(unit, unit)
         ratio, saving = r["student_over_teacher"], r["saving_pct"]
-        style = ""
-        if fmt.ok(ratio) and ratio != 1:
-            better = (ratio > 1) == HIGHER_IS_BETTER[metric]
-            style = "good" if better else "bad"
+        style, word = "", fmt.MISSING
+        if fmt.ok(ratio) and metric != "requests":  # a count of requests is neither better nor worse
+            word = "same"
+            if ratio != 1:
+                better = (ratio > 1) == HIGHER_IS_BETTER[metric]
+                style, word = ("good", "better") if better else ("bad", "worse")
         rows.append(
             [label, shown_unit, fmt.by_unit(r["teacher"], unit), fmt.by_unit(r["student"], unit),
-             f"{ratio:.3f}×" if fmt.ok(ratio) else fmt.MISSING, fmt.pct(saving)]
+             f"{ratio:.3f}×" if fmt.ok(ratio) else fmt.MISSING, fmt.pct(saving), word]
         )
-        styles.append(["", "muted", "", "", style, style])
+        styles.append(["", "muted", "", "", style, style, style])
     refs = "; ".join(f"{a.role(m)}: {r.description}" for m, r in a.references.items())
     caption = (
         f"Saving = 1 − student/teacher (negative for a figure where higher is better and the student is higher). "
         f"Latency figures from {refs}. Budget: P{a.percentile:g} ≤ {a.budget_ms:g} ms ({a.budget_source})."
     )
-    return View("comparison", "Teacher vs student", ["Figure", "Unit", "Teacher", "Student", "S/T", "Saving"], rows, caption, styles)
+    return View("comparison", "Teacher vs student", ["Figure", "Unit", "Teacher", "Student", "S/T", "Saving", "Student is"], rows, caption, styles)
 
 
 def latency_view(a: "Analysis") -> View:
@@ -107,8 +109,13 @@ def latency_view(a: "Analysis") -> View:
              f"{int(r['requests']):,}", fmt.num(r["achieved_qps"]), fmt.num(r["tokens_per_s"]), _pcell(r, 50), p90,
              _pcell(r, 95), _pcell(r, 99), p999, fmt.ms(r["max_ms"]), fmt.rate(r["error_rate"]), late]
         )
+    loops = set(",".join(a.latency["loop"].astype(str)).split(",")) if len(a.latency) else set()
+    measured_from = "; ".join(
+        text for loop, text in (("open", "open loop: from the intended send time"),
+                                ("closed", "closed loop: from the actual send")) if loop in loops
+    ) or "from the send time"
     caption = (
-        f"Client latency (open loop: from the intended send time). Percentiles: numpy '{stats.PERCENTILE_METHOD}' on "
+        f"Client latency ({measured_from}). Percentiles: numpy '{stats.PERCENTILE_METHOD}' on "
         "raw latencies; 95 % CIs from order statistics (scipy.stats.quantile_test); 'n/a' where too few requests "
         "for a CI. QPS = successful requests / window after warm-up."
     )
@@ -174,7 +181,7 @@ def cost_view(a: "Analysis") -> View:
         est = " (estimate)" if c.energy_is_estimate else ""
         energy = f"{fmt.num(c.energy_per_1m_tokens_j)} J{est}" if fmt.ok(c.energy_per_1m_tokens_j) else fmt.MISSING
         co2 = f"{fmt.num(c.co2e_g_per_1m_tokens)} g{est}" if fmt.ok(c.co2e_g_per_1m_tokens) else fmt.MISSING
-        accel = f"{c.accelerators}× {c.accelerator}" if c.accelerators else c.accelerator
+        accel = f"{c.accelerators}× {c.accelerator}" if c.accelerators else "CPU only"
         rows.append([who(m, a.role(m)), f"{c.instance} ({accel})", fmt.usd(c.usd_per_hour),
                      fmt.usd(c.cost_per_1m_tokens_usd), fmt.usd(c.cost_per_1k_requests_usd), energy, co2, c.energy_method])
     book = a.cost_book
