@@ -1,21 +1,27 @@
 """`loadtest demo`: the whole pipeline on this machine, end to end, in one command.
 
 Build (or reuse) a real teacher and a real distilled student -> export both to ONNX with parity checks
-into a Triton model repository -> serve them on an embedded Triton -> drive the same open-loop load at
-both in rising steps with Locust (a subprocess: gevent never enters this process) -> evaluate quality
-through the served models -> analyze into tables and report.html. Nothing here is simulated.
+into a Triton model repository -> serve them on an embedded Triton -> load them with Locust (a subprocess:
+gevent never enters this process) -> evaluate quality through the served models -> analyze into tables
+and report.html. Nothing here is simulated.
+
+The load is a `loadtest sweep` by default: each model alone on the server, open-loop steps growing then
+bisecting to the highest load whose P95 stays within the budget (±5 %). Fixed rates tell nothing about a
+machine we have not seen (on a slow one every step overloads the teacher, on a fast one none do), and
+driving both models at once makes the teacher's overload the student's latency. ``--quick`` and ``--rate``
+instead drive the same fixed open-loop steps at both models together: short, but capacity is then only
+known as far as those rates reach, and the verdict says so.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
-DEFAULT_RATES = (20.0, 60.0, 120.0, 200.0)
 QUICK_RATES = (20.0, 80.0)
 
 
@@ -27,9 +33,10 @@ class DemoOptions:
     repository: Path = Path("model_repository")
     results: Path = Path("results")
     cache_dir: Path | None = None
-    rates: tuple[float, ...] = field(default_factory=lambda: DEFAULT_RATES)
-    step_seconds: float = 20.0
-    warmup_seconds: float = 3.0
+    rates: tuple[float, ...] = ()  # fixed A/B open-loop steps; empty: sweep each model
+    step_seconds: float = 8.0  # measured seconds per step (a sweep stretches low-rate steps to enough requests)
+    warmup_seconds: float = 2.0
+    sweep_start: float = 40.0  # req/s of the sweep's first step
     protocol: str = "http"
     budget_ms: float = 100.0
     percentile: float = 95.0
@@ -47,16 +54,16 @@ class DemoOptions:
 
 def run_demo(options: DemoOptions, console=None) -> Path:
     """Run the demo and return its run directory."""
-    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from exporters.pipeline import export_pair
+    from loadtest.console import output_console
     from loadtest.demopair.build import DemoSettings, build_or_reuse
     from loadtest.load.rundir import create_run_dir
     from loadtest.repository import TritonModelSettings
     from loadtest.serving import EmbeddedTriton, ServerPorts
 
-    console = console or Console()
+    console = console or output_console()
     started = time.time()
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
 
@@ -98,13 +105,17 @@ def run_demo(options: DemoOptions, console=None) -> Path:
         server = EmbeddedTriton(options.repository, ServerPorts(8000, 8001, 8002), pick_free_ports=True,
                                 log_file=run_dir / "triton.log")
         server.start()
+    quality = None
     try:
         console.print(f"Triton READY on {server.http_url} (gRPC {server.grpc_url}, metrics {server.metrics_url})")
-        _drive_load(options, server, run_dir, console)
+        if options.rates:
+            _drive_steps(options, server, run_dir, console)
+        else:
+            _sweep(options, server, run_dir, console)
         if options.quality:
             from loadtest.quality.runner import EvalSettings, run_eval
 
-            run_eval(
+            quality = run_eval(
                 EvalSettings(dataset=pair.eval_path, host=server.http_url, repository=options.repository, run_dir=run_dir),
                 console=console,
             )
@@ -118,11 +129,37 @@ def run_demo(options: DemoOptions, console=None) -> Path:
     with console.status("analyzing ..."):
         analysis = analyze_run(run_dir, budget_ms=options.budget_ms, percentile=options.percentile)
     render_terminal(analysis, console)
+    if quality is not None:
+        from loadtest.quality.terminal import render_quality
+
+        render_quality(quality, console)
     console.print(f"\n[bold green]done[/] in {time.time() - started:.0f} s: {run_dir}/report.html, tables in {run_dir}/tables/")
     return run_dir
 
 
-def _drive_load(options: DemoOptions, server, run_dir: Path, console) -> None:
+def _sweep(options: DemoOptions, server, run_dir: Path, console) -> None:
+    """QPS at the budget for each model alone: `loadtest sweep`'s search, into the demo's run directory."""
+    from loadtest.analysis.sweep import SweepSettings, SweepTarget, run_sweep
+    from loadtest.repository import ModelRepository
+
+    meta = ModelRepository(options.repository).read_metadata()
+    settings = SweepSettings(
+        budget_ms=options.budget_ms, percentile=options.percentile, start=options.sweep_start,
+        warmup_s=options.warmup_seconds, duration_s=options.step_seconds,
+    )
+    host = server.http_url if options.protocol == "http" else server.grpc_url
+    target = SweepTarget(host=host, repository=options.repository, protocol=options.protocol,
+                         triton_metrics_url=server.metrics_url, batch_size=options.batch_size)
+    console.print(
+        f"sweeping {meta.teacher} then {meta.student}, each alone: open-loop steps from {settings.start:g} req/s, "
+        f"×{settings.growth:g} until P{settings.percentile:g} > {settings.budget_ms:g} ms, then bisection to "
+        f"±{settings.tolerance:.0%}"
+    )
+    run_sweep(target, settings, [meta.teacher, meta.student], {"teacher": meta.teacher, "student": meta.student},
+              run_dir=run_dir, console=console)
+
+
+def _drive_steps(options: DemoOptions, server, run_dir: Path, console) -> None:
     """Open-loop A/B steps: teacher and student get the same requests at the same intended times."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -161,24 +198,28 @@ def _drive_load(options: DemoOptions, server, run_dir: Path, console) -> None:
 
 
 def demo(
-    quick: bool = typer.Option(False, "--quick", help="Small pair and short load (about 2 minutes; what the tests run)."),
+    quick: bool = typer.Option(False, "--quick", help="Small pair and two fixed load steps, both models at once (under 2 minutes; what the tests run). Capacity is then known only up to the highest step."),
     repo: Path = typer.Option(Path("model_repository"), "--repo", help="Where to write the Triton model repository."),
     results: Path = typer.Option(Path("results"), "--results", help="Parent folder of run directories (never overwritten)."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Demo pair cache (default $LOADTEST_CACHE or ~/.cache/loadtest)."),
-    rate: list[float] = typer.Option(None, "--rate", help="Open-loop arrival rates (req/s) to step through; repeatable."),
-    step_seconds: float = typer.Option(None, "--step-seconds", help="Seconds per load step (after warm-up)."),
+    rate: list[float] = typer.Option(None, "--rate", help="Instead of the sweep: fixed open-loop rates (req/s per model) driven at both models at once; repeatable."),
+    step_seconds: float = typer.Option(None, "--step-seconds", help="Measured seconds per load step, after a 2 s warm-up (default 8)."),
+    sweep_start: float = typer.Option(40.0, "--sweep-start", help="First rate (req/s) of the sweep; it grows ×2 until the budget breaks, then bisects."),
     protocol: str = typer.Option("http", "--protocol", help="http or grpc."),
     budget_ms: float = typer.Option(100.0, "--budget-ms", help="Latency budget for QPS-at-budget and the verdict."),
     percentile: float = typer.Option(95.0, "--percentile", help="Percentile the budget applies to (95 or 99)."),
     no_quality: bool = typer.Option(False, "--no-quality", help="Skip the quality evaluation through the served models."),
 ) -> None:
-    """Build a teacher/student pair, export, serve on an embedded Triton, load both, evaluate, report."""
+    """Build a teacher/student pair, export, serve on an embedded Triton, sweep both to their QPS at the budget, evaluate quality, report.
+
+    About 7 minutes on 2 CPU cores (3 of them building the pair, cached for the next run); --quick: under 2.
+    """
     from loadtest.errors import LoadtestError
 
     if protocol not in ("http", "grpc"):
         raise LoadtestError(f"--protocol must be http or grpc, not {protocol!r}")
     overrides = dict(repository=repo, results=results, cache_dir=cache_dir, protocol=protocol, budget_ms=budget_ms,
-                     percentile=percentile, quality=not no_quality)
+                     percentile=percentile, quality=not no_quality, sweep_start=sweep_start)
     if rate:
         overrides["rates"] = tuple(rate)
     if step_seconds:

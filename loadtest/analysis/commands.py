@@ -22,11 +22,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _console():
-    import sys
+    from loadtest.console import output_console
 
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=180)
+    return output_console()
 
 
 def analyze(

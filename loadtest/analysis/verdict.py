@@ -24,10 +24,20 @@ def verdict(analysis: "Analysis") -> str:
     p, b = analysis.percentile, analysis.budget_ms
     parts: list[str] = []
     t_q, s_q = _fig(analysis, "qps_at_budget")
-    if math.isfinite(t_q) and math.isfinite(s_q):
+    caps = [analysis.capacity.get(m) for m in (analysis.teacher, analysis.student)]
+    open_ended = [c is not None and c.known and c.load_high is None for c in caps]
+    if math.isfinite(t_q) and math.isfinite(s_q) and all(open_ended):
+        # neither model was pushed past its budget: the ratio of two lower bounds means nothing
         parts.append(
-            f"At P{p:g} ≤ {b:g} ms the student sustains {fmt.num(s_q)} req/s against the teacher's {fmt.num(t_q)} "
-            f"({s_q / t_q:.2f}×)."
+            f"At P{p:g} ≤ {b:g} ms both models stayed within budget at the highest load tested "
+            f"({fmt.num(t_q)} and {fmt.num(s_q)} req/s achieved): capacity is at least that for both, so this run "
+            "cannot rank them on capacity or cost (run `loadtest sweep` or add higher --rate steps)."
+        )
+    elif math.isfinite(t_q) and math.isfinite(s_q):
+        at_least = ["at least " if o else "" for o in open_ended]
+        parts.append(
+            f"At P{p:g} ≤ {b:g} ms the student sustains {at_least[1]}{fmt.num(s_q)} req/s against the teacher's "
+            f"{at_least[0]}{fmt.num(t_q)} ({('at least ' if open_ended[1] else 'at most ' if open_ended[0] else '')}{s_q / t_q:.2f}×)."
         )
     else:
         missing = [r for r, v in (("teacher", t_q), ("student", s_q)) if not math.isfinite(v)]
@@ -36,7 +46,7 @@ def verdict(analysis: "Analysis") -> str:
         )
         parts.append(f"QPS at P{p:g} ≤ {b:g} ms is not known for the {' and '.join(missing)} ({reasons}).")
     t_c, s_c = _fig(analysis, "cost_per_1m_tokens_usd")
-    if math.isfinite(t_c) and math.isfinite(s_c):
+    if math.isfinite(t_c) and math.isfinite(s_c) and not all(open_ended):
         inst = next(iter(analysis.costs.values())).instance
         change = abs(1 - s_c / t_c) * 100
         word = "the same" if change < 0.5 else f"{change:.0f} % {'less' if s_c < t_c else 'more'}"

@@ -48,15 +48,13 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not echo Locust's output."),
 ) -> None:
     """Run a Locust scenario headless against Triton; print the run directory and per-model latency."""
-    import sys
-
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
+    from loadtest.console import output_console
     from loadtest.load.runner import run_locust
 
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = output_console()
     echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False))
     with console.status(f"running {scenario} against {host} for {run_time}"):
         result = run_locust(

@@ -8,11 +8,9 @@ import typer
 
 
 def _wide_console():
-    """stdout console; outside a terminal (CI logs) wide enough that tables do not fold into columns of words."""
-    from rich.console import Console
+    from loadtest.console import output_console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
+    return output_console()
 
 
 def eval_command(

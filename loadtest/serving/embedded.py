@@ -194,6 +194,7 @@ class EmbeddedTriton:
                     ),
                     strict=False,
                 )
+            _quiet_server_echo(self._triton, self.log_verbose)
             self._triton.run()
         except LoadtestError:
             self.stop()
@@ -220,3 +221,21 @@ class EmbeddedTriton:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+
+def _quiet_server_echo(triton, log_verbose: int) -> None:
+    """Stop PyTriton echoing tritonserver's console to our stdout (its ``TritonServer(verbose=True)`` default).
+
+    Triton's log already goes to ``log_file``; what still reached the terminal were stray lines such as
+    DCGM's "Failed to initialize NVML" on a CPU machine and "Signal (2) received." at shutdown, which read
+    like errors. PyTriton (pinned in constraints.txt) has no public switch, so this sets its private flag
+    when present and otherwise leaves the echo on.
+    """
+    if log_verbose:
+        return
+    initialize = getattr(triton, "_initialize_server", None)
+    if getattr(triton, "_triton_server", None) is None and callable(initialize):
+        initialize()
+    server = getattr(triton, "_triton_server", None)
+    if server is not None and hasattr(server, "_verbose"):
+        server._verbose = False
