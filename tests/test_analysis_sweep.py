@@ -58,6 +58,39 @@ def test_an_unstable_step_within_budget_is_measured_again():
     assert seen[20] == 2 and result.best.load >= 40
 
 
+def _step_from_records(windows: list[list[tuple[float, float]]], per_window: int = 400) -> StepResult:
+    """A real step_result over 100 req/s of records; each window mixes (fraction, latency ms) groups."""
+    import numpy as np
+
+    from loadtest.analysis.capacity import step_result
+
+    rng = np.random.default_rng(0)
+    parts = []
+    for groups in windows:
+        sizes = [round(per_window * f) for f, _ in groups]
+        parts.append(np.concatenate([rng.normal(ms, ms * 0.02, n) for n, (_, ms) in zip(sizes, groups)]))
+    latency = np.concatenate(parts) / 1000
+    intended = np.arange(latency.size) / 100.0
+    frame = pd.DataFrame({
+        "intended_start": intended, "start": intended, "end": intended + latency, "latency_s": latency,
+        "model": "m", "success": True, "tokens": 10, "stage": "s", "loop": "open", "late": False,
+    })  # fmt: skip
+    return step_result(frame, "m", "s", None, StepRules(), 95.0)
+
+
+def test_latency_drift_fails_a_step_only_past_the_budget():
+    creeping = _step_from_records([[(1, 20.0)], [(1, 30.0)], [(1, 40.0)]])  # rising, within 50 ms to the end
+    assert creeping.drifting and creeping.counted
+    assert creeping.within(50.0) and creeping.why_not_within(50.0) == ""
+    # the whole step's P95 is ~30 ms, but the last window's P95 reaches 80 ms: it would not hold 50 ms longer
+    runaway = _step_from_records([[(1, 20.0)], [(1, 30.0)], [(0.9, 30.0), (0.1, 80.0)]])
+    assert runaway.latency_ms < 50.0 and runaway.drifting and runaway.counted
+    assert not runaway.within(50.0) and "beyond the budget" in runaway.why_not_within(50.0)
+    assert runaway.within(90.0)
+    flat = _step_from_records([[(1, 30.0)], [(1, 30.0)], [(1, 30.0)]])
+    assert not flat.drifting and flat.within(50.0)
+
+
 def test_nothing_within_budget_comes_down_then_says_so():
     settings = SweepSettings(budget_ms=50.0, start=40, min_load=2, max_steps=20)
     result = search(lambda load: _step(load, 80.0), settings, "m")

@@ -78,11 +78,15 @@ class SearchResult:
 
 
 def passes(step: StepResult, budget_ms: float) -> bool:
-    return step.counted and step.latency_ms <= budget_ms
+    return step.within(budget_ms)
 
 
-def _only_stability(step: StepResult) -> bool:
-    return bool(step.reasons) and all("drifting" in r or "unstable" in r for r in step.reasons)
+def _only_stability(step: StepResult, budget_ms: float) -> bool:
+    """Failed only for instability (not load, errors or length), with its percentile within budget."""
+    if step.latency_ms > budget_ms:
+        return False
+    unstable_reasons = bool(step.reasons) and all("drifting" in r or "unstable" in r for r in step.reasons)
+    return unstable_reasons or (not step.reasons and step.drifts_past(budget_ms))
 
 
 def search(
@@ -104,7 +108,7 @@ def search(
         if on_step:
             on_step(step, result)
         ok = passes(step, settings.budget_ms)
-        if not ok and _only_stability(step) and step.latency_ms <= settings.budget_ms and len(result.steps) < settings.max_steps:
+        if not ok and _only_stability(step, settings.budget_ms) and len(result.steps) < settings.max_steps:
             step = measure(load)  # perf_analyzer-style re-measurement of an unstable step
             result.steps.append(step)
             if on_step:
@@ -397,7 +401,8 @@ def _print_step(console, step: StepResult, result: SearchResult, settings: Sweep
     mark = "[green]pass[/]" if ok else "[red]fail[/]"
     ci = (f" [{step.ci_low_ms:.3g}, {step.ci_high_ms:.3g}]"
           if math.isfinite(step.ci_low_ms) and math.isfinite(step.ci_high_ms) else "")
-    why = f" [dim]({'; '.join(step.reasons)})[/]" if step.reasons else ""
+    why_text = step.why_not_within(settings.budget_ms)
+    why = f" [dim]({why_text})[/]" if why_text else ""
     interval = ""
     if result.best is not None:
         high = f"{result.failing_load:g}" if result.failing_load is not None else "…"

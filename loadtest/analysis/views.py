@@ -166,9 +166,10 @@ def capacity_view(a: "Analysis") -> View:
         f"Highest achieved QPS among counted steps with P{a.percentile:g} within budget. A step counts with ≥ "
         f"{r.min_duration_s:g} s and ≥ {r.effective_min_requests(a.percentile)} requests after warm-up, errors ≤ "
         f"{r.max_error_rate:.0%}, ≥ {r.min_achieved_ratio:.0%} of the sends scheduled in the window answered in it (open "
-        f"loop), P{a.percentile:g} not drifting upward across {r.stability_windows} windows (rising each window, by > "
-        f"{r.stability_threshold:.0%} overall and beyond its CI) and throughput steady across them (spread ≤ "
-        f"{r.stability_threshold:.0%} or within Poisson noise)."
+        f"loop) and throughput steady across {r.stability_windows} windows (spread ≤ {r.stability_threshold:.0%} or "
+        f"within Poisson noise). It is within budget when its P{a.percentile:g} is, and its latency is not drifting "
+        f"upward past the budget (rising each window, by > {r.stability_threshold:.0%} overall and beyond its CI, to "
+        "a last window beyond the budget)."
     )
     return View("capacity", "Capacity at the latency budget", headers, rows, caption)
 
@@ -197,14 +198,14 @@ def cost_view(a: "Analysis") -> View:
 
 def steps_view(a: "Analysis") -> View:
     headers = ["Model", "Step", "Load", "Achieved QPS", f"P{a.percentile:g} ms [95 % CI]", "Errors", "Counts",
-               "Within budget", "Why not counted"]
+               "Within budget", "Why not"]
     rows, styles = [], []
     for s in a.steps:
         load = f"{s.offered_rate:g}/s" if s.offered_rate else (f"{s.users} users" if s.users else fmt.MISSING)
         within = s.within(a.budget_ms)
         rows.append([s.model, s.stage, load, fmt.num(s.achieved_qps),
                      f"{fmt.ms(s.latency_ms)} {fmt.ci(s.ci_low_ms, s.ci_high_ms)}", fmt.rate(s.error_rate),
-                     "yes" if s.counted else "no", "yes" if within else "no", "; ".join(s.reasons)])
+                     "yes" if s.counted else "no", "yes" if within else "no", s.why_not_within(a.budget_ms)])
         styles.append(["", "", "", "", "", "", "" if s.counted else "muted", "good" if within else "bad", "muted"])
     return View("steps", "Steps", headers, rows, "Each stage of each model, judged by the step rules above.", styles)
 
