@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import tempfile
 import time
@@ -25,6 +26,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+
+def monotone_crossing(steps, budget_ms: float) -> float:
+    """Achieved QPS where an isotonic (non-decreasing) fit of the grid's latency against load meets the budget.
+
+    "Highest passing grid step" is what the issue names, but on a noisy machine one lucky step above the
+    knee decides it; the monotone fit uses every step, so this second figure shows how much that matters.
+    Steps that did not count are fitted as beyond the budget.
+    """
+    import numpy as np
+    from sklearn.isotonic import IsotonicRegression
+
+    loads = np.array([s.load for s in steps])
+    latency = np.array([s.latency_ms if s.counted and math.isfinite(s.latency_ms) else 10 * budget_ms for s in steps])
+    fitted = IsotonicRegression(increasing=True).fit_transform(loads, np.minimum(latency, 10 * budget_ms))
+    within = np.flatnonzero(fitted <= budget_ms)
+    if within.size == 0:
+        return math.nan
+    best = within[-1]
+    return float(steps[best].achieved_qps)
 
 
 def main() -> None:
@@ -38,13 +59,15 @@ def main() -> None:
     parser.add_argument("--percentile", type=float, default=95.0)
     parser.add_argument("--start", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--step-duration", type=float, default=8.0)
+    parser.add_argument("--step-duration", type=float, default=30.0)
+    parser.add_argument("--ascending", action="store_true", help="run the grid in load order (default: shuffled)")
     parser.add_argument("--grid-from", type=float, default=0.6)
     parser.add_argument("--grid-to", type=float, default=1.4)
     parser.add_argument("--grid-step", type=float, default=1.05)
     parser.add_argument("--grid-from-qps", type=float)
     parser.add_argument("--grid-to-qps", type=float)
     parser.add_argument("--out", type=Path, default=Path("results") / "benchmark-sweep")
+    parser.add_argument("--min-requests", type=int, default=200)
     args = parser.parse_args()
 
     from rich.console import Console
@@ -74,7 +97,7 @@ def main() -> None:
     try:
         settings = SweepSettings(
             budget_ms=args.budget_ms, percentile=args.percentile, start=args.start, warmup_s=args.warmup,
-            duration_s=args.step_duration, rules=StepRules(min_requests=200),
+            duration_s=args.step_duration, rules=StepRules(min_requests=args.min_requests),
         )
         target = SweepTarget(host=host, repository=repository, triton_metrics_url=metrics)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +121,10 @@ def main() -> None:
         brute_dir = args.out / f"brute-{int(time.time())}"
         steps = []
         t0 = time.monotonic()
-        for i, load in enumerate(grid, 1):
+        order = list(grid)
+        if not args.ascending:  # a host whose speed drifts over minutes would otherwise confound load with time
+            random.Random(0).shuffle(order)
+        for i, load in enumerate(order, 1):
             step_dir, label, _ = run_step(brute_dir, target, settings, args.model, i, load)
             step = judge_step(step_dir, label, args.model, settings)
             steps.append(step)
@@ -106,13 +132,19 @@ def main() -> None:
             console.print(f"  {load:g} req/s: {step.achieved_qps:.1f} achieved, P{args.percentile:g} "
                           f"{step.latency_ms:.3g} ms, counted={step.counted} → {'pass' if ok else 'fail'}")
         brute_took = time.monotonic() - t0
+        steps.sort(key=lambda st: st.load)
         cap = capacity_at_budget(steps, args.model, args.budget_ms, args.percentile)
         brute = cap.qps_at_budget or math.nan
+        monotone = monotone_crossing(steps, args.budget_ms)
         report = {
             "model": args.model, "budget_ms": args.budget_ms, "percentile": args.percentile,
             "sweep_qps": answers, "sweep_seconds": took, "brute_force_qps": brute, "brute_force_steps": len(grid),
             "brute_force_seconds": brute_took, "sweep1_over_brute": answers[0] / brute,
             "sweep2_over_brute": answers[1] / brute, "sweep2_over_sweep1": answers[1] / answers[0],
+            "brute_force_monotone_qps": monotone, "sweep1_over_monotone": answers[0] / monotone,
+            "sweep2_over_monotone": answers[1] / monotone,
+            "grid": [{"load": s.load, "achieved_qps": s.achieved_qps, "latency_ms": s.latency_ms, "counted": s.counted,
+                      "within": s.within(args.budget_ms)} for s in steps],
         }
         console.print_json(json.dumps(report))
         (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))

@@ -76,7 +76,9 @@ def sweep(
     tolerance: float = typer.Option(0.05, "--tolerance", help="Bisect until the answer is known within ±this."),
     warmup: float = typer.Option(2.0, "--warmup", help="Seconds of each step discarded as warm-up."),
     duration: float = typer.Option(
-        10.0, "--step-duration", help="Measured seconds per step (stretched to reach --min-requests)."
+        30.0, "--step-duration",
+        help="Measured seconds per step (stretched to reach --min-requests). Shorter steps are quicker but, on a busy "
+             "host, less repeatable (benchmarks/sweep_vs_bruteforce.py measures it).",
     ),
     min_requests: int = typer.Option(200, "--min-requests", help="Successful requests a step needs after warm-up."),
     max_error_rate: float = typer.Option(0.01, "--max-error-rate", help="A step with more errors fails."),

@@ -47,7 +47,7 @@ class SweepSettings(BaseModel):
     retry_lower: float = Field(0.95, gt=0, lt=1, description="a first failure is retried once at load x this")
     max_steps: int = Field(24, ge=2, description="per model")
     warmup_s: float = Field(2.0, ge=0)
-    duration_s: float = Field(10.0, gt=0, description="measured time per step (stretched to reach min requests)")
+    duration_s: float = Field(30.0, gt=0, description="measured time per step (stretched to reach min requests)")
     arrival: Literal["constant", "poisson"] = "constant"
     rules: StepRules = Field(default_factory=StepRules)
 
