@@ -244,16 +244,18 @@ def _compare(
     min_agreement: float,
     candidate_label: str,
 ) -> ShapeParity:
-    def failed(error: str, diff: float | None = None, agreement: float | None = None) -> ShapeParity:
+    def outcome(error: str | None, diff: float | None = None, agreement: float | None = None) -> ShapeParity:
         return ShapeParity(
             batch=batch,
             sequence=sequence,
             max_abs_diff=diff,
             argmax_agreement=agreement,
             padding_fraction=padding,
-            passed=False,
+            passed=error is None,
             error=error,
         )
+
+    failed = outcome  # reads better at the early returns below
 
     try:
         got = candidate(feed)
@@ -279,14 +281,7 @@ def _compare(
         return failed(f"max abs diff {diff:.3g} > atol {atol:g}", diff, agreement)
     if agreement < min_agreement:
         return failed(f"argmax agreement {agreement:.4f} < {min_agreement:g}", diff, agreement)
-    return ShapeParity(
-        batch=batch,
-        sequence=sequence,
-        max_abs_diff=diff,
-        argmax_agreement=agreement,
-        padding_fraction=padding,
-        passed=True,
-    )
+    return outcome(None, diff, agreement)
 
 
 def _error_text(exc: BaseException) -> str:
