@@ -111,8 +111,6 @@ def test_max_steps_bounds_the_search():
     assert len(result.steps) == 4 and "max-steps" in result.stopped
 
 
-# slow: the sweep's step sequence depends on the machine's speed: failed on a CPU shared with other jobs.
-@pytest.mark.slow
 def test_real_sweep_writes_a_run_directory_analyze_reproduces(triton_server, tmp_path):
     """Both models, same settings, against the real embedded Triton; a budget no step misses keeps it short."""
     from loadtest.analysis import analyze_run
@@ -128,7 +126,11 @@ def test_real_sweep_writes_a_run_directory_analyze_reproduces(triton_server, tmp
     run_dir = outcome.run_dir
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["kind"] == "sweep" and manifest["end"] > manifest["start"]
-    assert [s["offered_rate"] for s in manifest["stages"]] == [10, 20, 10, 20]
+    # two steps per model starting at 10 req/s; the second is 20 (growth), or 10 again (a re-measured unstable
+    # step) or 5 (coming down) on a host too busy to keep the schedule: which one is the machine's, not ours
+    for model in ("teacher", "student"):
+        loads = [s["offered_rate"] for s in manifest["stages"] if s["model"] == model]
+        assert loads[0] == 10 and loads[1] in (20, 10, 5) and len(loads) == 2
     assert all(s["warmup_s"] > 0.5 for s in manifest["stages"])
     assert list((run_dir / "records").glob("*.parquet")) and list((run_dir / "metrics").glob("*.prom"))
     for model, result in outcome.results.items():
