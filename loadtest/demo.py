@@ -48,7 +48,7 @@ class DemoOptions:
 
     @classmethod
     def quick_preset(cls, **overrides) -> "DemoOptions":
-        base = dict(quick=True, rates=QUICK_RATES, step_seconds=8.0, warmup_seconds=2.0)
+        base = dict(quick=True, rates=QUICK_RATES)
         return cls(**{**base, **overrides})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -51,7 +52,8 @@ def test_an_unstable_step_within_budget_is_measured_again():
     def measure(load):
         seen[load] = seen.get(load, 0) + 1
         if load == 20 and seen[load] == 1:
-            return _step(load, 20, counted=False, reasons=["P95 drifting upward across 3 windows (+40%)"])
+            # P95 20 ms overall, but rising window after window to 60 ms: past the 50 ms budget at its end
+            return replace(_step(load, 20), drifting=True, window_latency_ms=[10.0, 20.0, 60.0], stability_percentile=95.0)
         return curve(70.0)(load)
 
     result = search(measure, settings, "m")

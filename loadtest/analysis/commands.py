@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from loadtest.console import output_console
+
 COST_FILE_HELP = "Cost file (YAML: instances with $/hour, accelerators, power). Default: the shipped list prices."
 INSTANCE_HELP = "Instance type from the cost file the servers run on (default: the file's default_instance)."
 GRID_HELP = "Grid carbon intensity for CO2e, g/kWh (475 = world average)."
@@ -19,12 +21,6 @@ def register(app: typer.Typer) -> None:
     app.command(name="sweep", no_args_is_help=True)(sweep)
     app.command(name="analyze", no_args_is_help=True)(analyze)
     app.command(name="plan", no_args_is_help=True)(plan)
-
-
-def _console():
-    from loadtest.console import output_console
-
-    return output_console()
 
 
 def analyze(
@@ -50,7 +46,7 @@ def analyze(
     from loadtest.analysis.analyze import analyze_run
     from loadtest.analysis.terminal import render_terminal
 
-    console = _console()
+    console = output_console()
     with console.status(f"analyzing {run_dir}"):
         result = analyze_run(
             run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance,
@@ -125,7 +121,7 @@ def sweep(
         where = "--" + str(err["loc"][-1]).replace("_", "-") if err else "option"
         raise LoadtestError(f"{where}: {err['msg'] if err else exc}") from None
     names, roles = _models(repository, models)
-    console = _console()
+    console = output_console()
     target = SweepTarget(host=host, repository=repository, protocol=protocol, triton_metrics_url=triton_metrics_url,
                          gpu_metrics_url=gpu_metrics_url, processes=processes, lengths=lengths,
                          batch_size=batch_size, dataset=dataset)
@@ -178,7 +174,7 @@ def plan(
     from loadtest.analysis.plan import plan_frame, saving_line
     from loadtest.analysis.views import who
 
-    console = _console()
+    console = output_console()
     with console.status(f"reading capacity from {run_dir}"):
         analysis = compute(run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance)
     rows = make_plan(analysis, peak_qps, headroom)

@@ -16,7 +16,7 @@ from loadtest.analysis import stats, views
 if TYPE_CHECKING:  # pragma: no cover
     from loadtest.analysis.analyze import Analysis
 
-TEXT_HEADERS = {"Note", "Why not", "Energy source", "Instance", "Student is", "Counts", "Within budget"}
+TEXT_HEADERS = views.PROSE_HEADERS | {"Instance", "Student is", "Counts", "Within budget"}
 COMPARISON_COLUMNS = ["metric", "unit", "teacher", "student", "student_over_teacher", "saving_pct"]
 
 

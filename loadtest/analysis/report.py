@@ -63,7 +63,7 @@ def _e(text: object) -> str:
 
 
 def _table(view: views.View) -> str:
-    wrap_cols = {i for i, h in enumerate(view.headers) if h in ("Note", "Why not", "Energy source")}
+    wrap_cols = {i for i, h in enumerate(view.headers) if h in views.PROSE_HEADERS}
     text_cols = {i for i, h in enumerate(view.headers) if h in ("Model", "Stage", "Step", "Figure", "Unit", "Role", "Instance")}
     head = "".join(
         f'<th class="{"text" if i in text_cols | wrap_cols else ""}">{_e(h)}</th>' for i, h in enumerate(view.headers)

@@ -14,8 +14,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest.errors import LoadtestError
-
 DURATION_COUNTERS = {
     "queue": "nv_inference_queue_duration_us",
     "compute_input": "nv_inference_compute_input_duration_us",
@@ -99,28 +97,16 @@ def query_prometheus(url: str, start: float, end: float, *, timeout_s: float = 1
     values may be a scrape interval old. Series from several targets are merged by carrying each one's
     latest sample forward, so per-model totals add up across Triton instances.
     """
-    import requests
+    from loadtest.observability import prometheus
 
     pad = 30.0
     span = int(math.ceil(end - start + 2 * pad))
     names = "|".join((*MODEL_METRICS, *ENERGY_COUNTERS_J, *POWER_GAUGES_W))
-    query = f'{{__name__=~"{names}"}}[{span}s]'
-    endpoint = f"{url.rstrip('/')}/api/v1/query"
-    try:
-        resp = requests.get(endpoint, params={"query": query, "time": f"{end + pad:.3f}"}, timeout=timeout_s)
-    except requests.RequestException as exc:
-        raise LoadtestError(f"Prometheus at {url} is not reachable ({type(exc).__name__})") from None
-    try:
-        payload = resp.json()
-    except ValueError:
-        raise LoadtestError(f"{url} did not answer like a Prometheus API (HTTP {resp.status_code}, no JSON)") from None
-    if resp.status_code != 200 or payload.get("status") != "success":
-        raise LoadtestError(f"Prometheus at {url} refused the query: {payload.get('error', resp.status_code)}")
     series = []
-    for item in payload.get("data", {}).get("result", []):
-        labels = {k: str(v) for k, v in item.get("metric", {}).items()}
+    for item in prometheus.query(url, f'{{__name__=~"{names}"}}[{span}s]', at=end + pad, timeout_s=timeout_s):
+        labels = dict(item.labels)
         name = labels.pop("__name__", "")
-        points = sorted((float(t), float(v)) for t, v in item.get("values", []))
+        points = sorted(item.points)
         if name and points:
             series.append((name, labels, points))
     times = sorted({t for _, _, points in series for t, _ in points})
@@ -170,15 +156,15 @@ def bracket(
     """
     events = [s for s in snaps if s.label != PROMETHEUS_LABEL]
     periodic = [s for s in snaps if s.label == PROMETHEUS_LABEL]
-    for pool, nearest in ((events, True), (periodic, False)):
-        if nearest:
-            before = [s for s in pool if s.time_s <= start + slack_s]
-            after = [s for s in pool if s.time_s >= end - slack_s]
-            first = min(before, key=lambda s: abs(s.time_s - start), default=None)
-            last = min(after, key=lambda s: abs(s.time_s - end), default=None)
-        else:
-            first = max((s for s in pool if s.time_s <= start), key=lambda s: s.time_s, default=None)
-            last = min((s for s in pool if s.time_s >= end), key=lambda s: s.time_s, default=None)
+    nearest = (
+        min((s for s in events if s.time_s <= start + slack_s), key=lambda s: abs(s.time_s - start), default=None),
+        min((s for s in events if s.time_s >= end - slack_s), key=lambda s: abs(s.time_s - end), default=None),
+    )
+    enclosing = (
+        max((s for s in periodic if s.time_s <= start), key=lambda s: s.time_s, default=None),
+        min((s for s in periodic if s.time_s >= end), key=lambda s: s.time_s, default=None),
+    )
+    for first, last in (nearest, enclosing):
         if first is None or last is None or last.time_s <= first.time_s:
             continue
         if max_excess_s is not None and (last.time_s - first.time_s) - (end - start) > max_excess_s:

@@ -16,6 +16,9 @@ from loadtest.analysis.records import ALL_STAGES
 if TYPE_CHECKING:  # pragma: no cover
     from loadtest.analysis.analyze import Analysis
 
+# Columns of sentences rather than figures: every renderer wraps them (and aligns them left).
+PROSE_HEADERS = frozenset({"Note", "Why not", "Energy source"})
+
 LABELS = {
     "requests": "Requests",
     "achieved_qps": "Achieved QPS",

@@ -208,7 +208,7 @@ def _api(base_url: str, path: str, params: dict, timeout_s: float) -> dict:
     try:
         response = requests.post(url, data=params, timeout=timeout_s)
     except requests.RequestException as exc:
-        raise LoadtestError(f"cannot reach Prometheus at {base_url}: {exc}") from None
+        raise LoadtestError(f"Prometheus at {base_url} is not reachable ({type(exc).__name__})") from None
     try:
         body = response.json()
     except ValueError:

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import typer
 
-
-def _wide_console():
-    from loadtest.console import output_console
-
-    return output_console()
+from loadtest.console import output_console
 
 
 def eval_command(
@@ -58,7 +54,7 @@ def eval_command(
         timeout_s=timeout,
     )
     result = run_eval(settings, console=console)
-    out = _wide_console()
+    out = output_console()
     render_quality(result, out)
     out.print(f"quality results: [bold]{result.run_dir / 'quality'}[/]")
     out.print(f"gate it: loadtest gate {result.run_dir} --policy examples/gate.yaml", highlight=False)
@@ -84,7 +80,7 @@ def gate_command(
     baseline_dir = resolve_run(baseline) if baseline else None
     report = evaluate_gate(run_dir, gate_policy, baseline_dir, str(policy))
 
-    console = _wide_console()
+    console = output_console()
     styles = {"pass": "green", "fail": "bold red", "warn": "yellow", "not measured": "dim", "skipped": "dim"}
     table = Table(title=f"Gate: {run_dir} against {policy}" + (f" (baseline {baseline_dir})" if baseline_dir else ""), title_justify="left")
     table.add_column("status", no_wrap=True)
