@@ -71,10 +71,10 @@ class ExportManifest(BaseModel):
     models: dict[str, ModelManifest]
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(names: tuple[str, ...] = _LIBRARIES) -> dict[str, str]:
     """Installed versions of the libraries an export depends on (absent ones are left out)."""
     versions = {}
-    for name in _LIBRARIES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

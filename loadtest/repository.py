@@ -100,6 +100,40 @@ def build_config(
     return config
 
 
+GENERATIVE_INPUTS = (("text_input", mc.TYPE_STRING, False), ("max_tokens", mc.TYPE_INT32, True),
+                     ("stream", mc.TYPE_BOOL, True), ("sampling_parameters", mc.TYPE_STRING, True))
+GENERATIVE_OUTPUTS = (("text_output", mc.TYPE_STRING), ("num_output_tokens", mc.TYPE_INT32),
+                      ("num_input_tokens", mc.TYPE_INT32))
+
+
+def build_generative_config(
+    name: str,
+    *,
+    max_inflight: int = 16,
+    instance_count: int = 1,
+    instance_kind: Literal["cpu", "gpu"] = "cpu",
+    intra_op_threads: int = 0,
+) -> mc.ModelConfig:
+    """A decoupled Python-backend model following the generative contract (the vLLM Triton backend's tensors).
+
+    ``max_batch_size`` 0: the model batches itself, interleaving decode steps of up to ``max_inflight``
+    requests per instance; Triton hands it requests as they arrive.
+    """
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=0)
+    config.model_transaction_policy.decoupled = True
+    for tensor_name, data_type, optional in GENERATIVE_INPUTS:
+        tensor = config.input.add(name=tensor_name, data_type=data_type, optional=optional)
+        tensor.dims.append(1)
+    for tensor_name, data_type in GENERATIVE_OUTPUTS:
+        config.output.add(name=tensor_name, data_type=data_type).dims.append(1)
+    group = config.instance_group.add()
+    group.count = instance_count
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if instance_kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU
+    config.parameters["max_inflight_requests"].string_value = str(max_inflight)
+    config.parameters["intra_op_threads"].string_value = str(intra_op_threads)
+    return config
+
+
 def settings_from_config(config: mc.ModelConfig) -> TritonModelSettings:
     """Read the serving knobs back from a config (what the embedded server applies)."""
     group = config.instance_group[0] if config.instance_group else None
@@ -226,6 +260,10 @@ class ModelRepository:
             raise LoadtestError(f"model repository {self.path} holds no model folders")
         for name in names:
             config = self.read_config(name)
+            if config.backend == "python":
+                if not (self.model_dir(name) / "1" / "model.py").is_file():
+                    raise LoadtestError(f"model '{name}' is a Python-backend model without 1/model.py")
+                continue
             if config.platform not in MODEL_FILES:
                 raise LoadtestError(f"model '{name}': platform '{config.platform}' is not supported here")
             model_file = self.model_file(name)
