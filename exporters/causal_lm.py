@@ -101,6 +101,21 @@ def default_parity_prompts() -> list[str]:
     return list(SAMPLE_TEXTS) + halves
 
 
+def read_prompts(path: Path) -> list[str]:
+    """--prompts: a .parquet with a ``prompt`` column, or a text file with one prompt per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoadtestError(f"prompts file {path} does not exist")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        if "prompt" not in frame.columns:
+            raise LoadtestError(f"{path} has no 'prompt' column")
+        return frame["prompt"].astype(str).tolist()
+    return [line for line in path.read_text().splitlines() if line.strip()]
+
+
 def export_causal_pair(
     teacher: Path,
     student: Path | None,

@@ -40,7 +40,12 @@ EXPORT_HELP = (
     "(a plain ONNX file, having no PyTorch reference, is checked for batch invariance instead); a difference above "
     "--atol or an argmax disagreement at any shape is an error and nothing is written.\n\n"
     "The repository gets <name>/config.pbtxt and <name>/1/model.onnx per model, plus the shared tokenizer, "
-    "loadtest.json (labels, sequence limit) and export_manifest.json (sizes, parameters, opset, signature, parity)."
+    "loadtest.json (labels, sequence limit) and export_manifest.json (sizes, parameters, opset, signature, parity).\n\n"
+    "A causal LM directory (a *ForCausalLM config, e.g. Llama) is exported instead with ONNX Runtime GenAI's model "
+    "builder (KV cache), checked against PyTorch (logits at several batch/new/cached lengths, identical greedy tokens "
+    "on >= 20 prompts) and written as a decoupled Python-backend model that streams tokens (text_input -> "
+    "text_output, the vLLM backend's tensors); --max-batch-size is then the requests one instance generates for at "
+    "once (in-flight batching)."
 )
 
 
@@ -110,6 +115,12 @@ def export(
     teacher_name: str = typer.Option("teacher", "--teacher-name", help="Model name of the teacher in Triton."),
     student_name: str = typer.Option("student", "--student-name", help="Model name of the student in Triton."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace models (and metadata) already in --repo."),
+    prompts: Optional[Path] = typer.Option(
+        None,
+        "--prompts",
+        help="Causal LMs: greedy-parity prompts, one per line or a .parquet with a 'prompt' column (default: 24 "
+        "built-in texts).",
+    ),
 ) -> None:
     """Export teacher and student to ONNX in a Triton model repository, with parity checks."""
     import time
@@ -121,6 +132,13 @@ def export(
 
     from exporters.pipeline import export_model, export_pair, parse_labels
 
+    from exporters.causal_lm import is_causal_lm_dir
+
+    if is_causal_lm_dir(teacher) or (student is not None and is_causal_lm_dir(student)):
+        _export_generative(teacher, student, repo, max_batch_size, instance_count,
+                           instance_kind.value if instance_kind else "cpu", atol, prompts,
+                           (teacher_name, student_name), overwrite)
+        return
     chosen_kind = instance_kind.value if instance_kind else ("gpu" if format == OutputFormat.tensorrt else "cpu")
     settings = TritonModelSettings(
         max_batch_size=max_batch_size,
@@ -167,6 +185,36 @@ def export(
             manifests = list(report.models.values())
         progress("done")
     _print_summary(Console(), repo, manifests, time.perf_counter() - start)
+
+
+def _export_generative(teacher, student, repo, max_inflight, instance_count, kind, atol, prompts_file, names,
+                       overwrite) -> None:
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from exporters.causal_lm import export_causal_pair, read_prompts
+
+    console = Console(stderr=True)
+    start = time.perf_counter()
+    with console.status("exporting") as status:
+        manifest = export_causal_pair(
+            teacher, student, repo, names=names, max_inflight=max_inflight, instance_count=instance_count,
+            instance_kind=kind, atol=atol, prompts=read_prompts(prompts_file) if prompts_file else None,
+            overwrite=overwrite, progress=lambda message: status.update(message),
+        )
+    table = Table(title=f"Exported to {repo} in {time.perf_counter() - start:.1f} s (decoupled, streaming)",
+                  title_justify="left")
+    for column in ("model", "params", "layers", "size MB", "opset", "worst max|Δ| logits", "greedy identical", "parity"):
+        table.add_column(column, justify="left" if column in ("model", "parity") else "right")
+    for m in manifest.models.values():
+        greedy = m.parity.greedy
+        table.add_row(m.name, f"{m.parameter_count:,}", str(m.num_layers), f"{m.size_mb:.2f}", str(m.opset or "-"),
+                      f"{m.parity.worst_max_abs_diff:.1e}", f"{greedy.onnxruntime_genai_identical}/{greedy.prompts}",
+                      "[green]passed[/]" if m.parity.passed else "[red]failed[/]")
+    Console().print(table)
+    Console().print(f"manifest: {repo / 'export_manifest.json'}", highlight=False)
 
 
 def _print_summary(console, repo: Path, manifests, seconds: float) -> None:
