@@ -44,8 +44,12 @@ class Chunk:
 
 
 def clip(text: str, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """At most ``limit`` characters, keeping the head and the tail (where a traceback says what failed)."""
     text = text.strip()
-    return text if len(text) <= limit else text[:limit] + "…"
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 5
+    return text[:head] + " … " + text[-(limit - head):]
 
 
 def _int(value) -> int | None:
