@@ -155,3 +155,54 @@ def test_bad_input_openai(openai_server, llm_models, tmp_path):
     frame = _frame(run)
     assert len(frame) > 0 and not frame["success"].any()
     assert frame["error"].str.startswith("HTTP 422").all() and frame["error"].str.contains("ignore_eos").all()
+
+
+BAD_STREAMS = {
+    "cut": (200, "text/event-stream", 'data: {"choices": [{"text": " a"}]}\n\n'),
+    "notjson": (200, "text/event-stream", 'data: {"choices": [{"text": " a"}]}\n\ndata: {not json\n\n'),
+    "nostream": (200, "application/json", '{"choices": [{"text": " a b", "finish_reason": "length"}]}'),
+    "empty": (200, "text/event-stream", 'data: {"choices": [{"text": "", "finish_reason": "stop"}], '
+              '"usage": {"completion_tokens": 0, "prompt_tokens": 3}}\n\ndata: [DONE]\n\n'),
+    "overloaded": (503, "application/json", '{"error": {"message": "server overloaded", "code": 503}}'),
+}
+
+
+@pytest.fixture()
+def misbehaving_server():
+    """A loopback HTTP server that answers /v1/completions with one kind of broken stream per model name
+    (connection closed after the body, as a server that dies mid-answer)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            status, content_type, text = BAD_STREAMS[body["model"]]
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.end_headers()
+            self.wfile.write(text.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_bad_streams_are_recorded_failures_with_the_servers_text(misbehaving_server, llm_models, tmp_path):
+    run = _run(tmp_path, "llm.py", misbehaving_server, _llm_args("openai-completions", *BAD_STREAMS,
+               tokenizer=llm_models[0], extra=("--warmup-requests", "0")), users=1, run_time=2)  # fmt: skip
+    frame = _frame(run)
+    assert set(frame["model"]) == set(BAD_STREAMS) and not frame["success"].any()
+    errors = frame.groupby("model")["error"].first().to_dict()
+    assert errors["cut"].startswith("stream cut off")
+    assert "not valid JSON" in errors["notjson"] and "{not json" in errors["notjson"]
+    assert errors["nostream"].startswith("server did not stream") and "a b" in errors["nostream"]
+    assert errors["empty"].startswith("empty completion")
+    assert errors["overloaded"].startswith("HTTP 503") and "server overloaded" in errors["overloaded"]
