@@ -17,6 +17,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # the _*.py helper modules beside the tests
     sys.path.insert(0, str(TESTS_DIR))
 
+from _genpair_fixtures import gen_pair, gen_repository  # noqa: E402,F401  (session fixtures of the generative pair)
+
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")

@@ -31,7 +31,6 @@ from loadtest.errors import LoadtestError
 
 BUILD_VERSION = 1
 MIN_RARE_EVAL = 50
-GREEDY_SAMPLE = 120  # eval prompts answered greedily in PyTorch at build time (the served evaluation does all)
 
 
 class LmArch(BaseModel):
@@ -58,14 +57,14 @@ class GenSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = 13
-    n_train: int = Field(default=3000, ge=100, le=200_000)
+    n_train: int = Field(default=2000, ge=100, le=200_000)
     n_eval: int = Field(default=2000, ge=50, le=200_000)
     rare_share: float = Field(default=0.025, gt=0.0, le=0.03)
     hard_share: float = Field(default=0.10, ge=0.0, le=0.5)
     structured_share: float = Field(default=0.15, ge=0.0, le=0.5, description="share of JSON-reply prompts")
     vocab_size: int = Field(default=1024, ge=300, le=65_536, description="byte-level BPE vocabulary")
-    teacher: LmArch = LmArch(num_layers=4, hidden_size=128, num_heads=4, intermediate_size=384)
-    student: LmArch = LmArch(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=192)
+    teacher: LmArch = LmArch(num_layers=4, hidden_size=96, num_heads=4, intermediate_size=256)
+    student: LmArch = LmArch(num_layers=2, hidden_size=48, num_heads=2, intermediate_size=128)
     teacher_epochs: int = Field(default=3, ge=1, le=100)
     student_epochs: int = Field(default=3, ge=1, le=100)
     teacher_lr: float = Field(default=3e-3, gt=0.0, le=1.0)
@@ -74,6 +73,8 @@ class GenSettings(BaseModel):
     temperature: float = Field(default=2.0, gt=0.0, le=100.0, description="distillation temperature T")
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="weight of the per-token KL term")
     min_rare_eval: int = Field(default=MIN_RARE_EVAL, ge=1)
+    greedy_sample: int = Field(default=40, ge=0, description="eval prompts answered greedily in PyTorch at build "
+                               "time (the served evaluation answers all of them)")
 
     @model_validator(mode="after")
     def _rare_slice_large_enough(self) -> GenSettings:
@@ -91,7 +92,7 @@ class GenSettings(BaseModel):
         return cls(n_train=700, n_eval=300, min_rare_eval=5, vocab_size=512,
                    teacher=LmArch(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128),
                    student=LmArch(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64),
-                   teacher_epochs=2, student_epochs=2, teacher_lr=5e-3, student_lr=8e-3)
+                   teacher_epochs=2, student_epochs=2, teacher_lr=5e-3, student_lr=8e-3, greedy_sample=10)
 
     def settings_hash(self) -> str:
         payload = json.dumps({"build_version": BUILD_VERSION, **self.model_dump(mode="json")}, sort_keys=True)
@@ -250,7 +251,7 @@ def _build_into(root: Path, settings: GenSettings, key: str, progress: Progress)
 
     step = bar.stage("eval", "evaluating and saving")
     t = time.perf_counter()
-    sample = eval_df.iloc[: min(GREEDY_SAMPLE, len(eval_df))]
+    sample = eval_df.iloc[: min(settings.greedy_sample, len(eval_df))]
     max_new = int(eval_df["n_reference_tokens"].max()) + 8
     results: dict[str, Any] = {}
     for name, model, fitted, arch, other in (("teacher", teacher, teacher_fit, settings.teacher, None),
