@@ -28,6 +28,7 @@ app = typer.Typer(
 # Order is the order of `loadtest --help`: the pipeline a user walks through.
 COMMAND_MODULES = (
     "loadtest.demo",
+    "loadtest.genpair.commands",
     "exporters.commands",
     "loadtest.serving.commands",
     "loadtest.load.commands",
