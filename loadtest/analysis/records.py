@@ -66,11 +66,12 @@ class RunData:
     stages: dict[str, StageInfo] = field(default_factory=dict)
     dropped: dict[tuple[str, str], int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # splits computed once
 
     @property
     def models(self) -> list[str]:
         """Models in display order: teacher, student, then any other model found in the records."""
-        found = list(pd.unique(self.records["model"].astype(str)))
+        found = distinct(self.records["model"])
         ordered = [m for m in (self.teacher, self.student) if m and m in found]
         return ordered + sorted(m for m in found if m not in ordered)
 
@@ -117,34 +118,61 @@ def _check_run_dir(run_dir: Path) -> list[Path]:
     return shards
 
 
+# What the analyzer reads of each shard: the rest of the schema (start, service_time_s, protocol, batch_size,
+# worker, scenario) is kept in the files for other readers but never loaded here.
+ANALYSIS_COLUMNS = ("intended_start", "end", "latency_s", "model", "tokens", "success", "error", "stage", "loop", "late")
+# Few distinct values over millions of rows: read as dictionary columns (pandas Categorical), never as one
+# Python string object per row.
+CATEGORICAL = ("model", "error", "stage", "loop")
+
+
 def read_records(shards: list[Path]) -> pd.DataFrame:
-    """Concatenate every shard (several processes, several flushes) and enforce the record schema."""
+    """Concatenate every shard (several processes, several flushes) with the columns the analyzer uses.
+
+    Each shard's schema is checked for every record-schema column (a shard missing one is not a record
+    shard); only ``ANALYSIS_COLUMNS`` are read, string columns as categoricals: 10M records load in seconds.
+    """
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     tables = []
     for shard in shards:
         try:
-            table = pq.read_table(shard)
+            handle = pq.ParquetFile(shard, read_dictionary=list(CATEGORICAL))
+            names = handle.schema_arrow.names
+            missing = [c for c in RECORD_SCHEMA if c not in names]
+            if missing:
+                raise LoadtestError(f"{shard}: record shard lacks column(s) {', '.join(missing)}")
+            table = handle.read(columns=list(ANALYSIS_COLUMNS)) if handle.metadata.num_rows else None
         except (OSError, pa.ArrowException) as exc:
             raise LoadtestError(f"{shard}: not a readable Parquet record shard ({str(exc).splitlines()[0]})") from None
-        missing = [c for c in RECORD_SCHEMA if c not in table.column_names]
-        if missing:
-            raise LoadtestError(f"{shard}: record shard lacks column(s) {', '.join(missing)}")
-        if table.num_rows:
-            tables.append(table.select(list(RECORD_SCHEMA)))
+        if table is not None and table.num_rows:
+            tables.append(table)
     if not tables:
         raise LoadtestError(f"{shards[0].parent} holds {len(shards)} record shard(s) but no requests")
     table = pa.concat_tables(tables, promote_options="permissive")
-    frame = table.to_pandas()
-    for column, dtype in RECORD_SCHEMA.items():
-        if dtype == "string":
-            frame[column] = frame[column].astype("string")
-        elif dtype == "bool":
-            frame[column] = frame[column].fillna(False).astype(bool)
-        else:
-            frame[column] = frame[column].astype(dtype)
+    columns = {}
+    for name in ANALYSIS_COLUMNS:
+        col = table.column(name)
+        if RECORD_SCHEMA[name] == "bool":
+            col = pc.fill_null(col.cast(pa.bool_()), False)
+        elif name in CATEGORICAL and not pa.types.is_dictionary(col.type):
+            col = pc.dictionary_encode(col.cast(pa.string()))
+        elif RECORD_SCHEMA[name] != "string":
+            col = col.cast(pa.from_numpy_dtype(np.dtype(RECORD_SCHEMA[name])))
+        columns[name] = col
+    frame = pa.table(columns).to_pandas(split_blocks=True, self_destruct=True)
+    for name in CATEGORICAL:
+        if isinstance(frame[name].dtype, pd.CategoricalDtype):
+            # categories as plain str: comparisons with str model/stage names and str() of values just work
+            frame[name] = frame[name].cat.rename_categories([str(c) for c in frame[name].cat.categories])
     return frame
+
+
+def distinct(values: pd.Series) -> list[str]:
+    """Distinct values of a (categorical) column in order of appearance, as str, without a per-row copy."""
+    return [str(v) for v in pd.unique(values) if not (isinstance(v, float) and math.isnan(v)) and v is not None]
 
 
 def _roles(manifest: dict[str, Any], found: list[str]) -> tuple[str | None, str | None]:
@@ -225,7 +253,7 @@ def load_run(run_dir: Path | str) -> RunData:
     if bad.any():
         notes.append(f"{int(bad.sum())} successful record(s) without a finite latency were ignored")
         records = records[~bad].reset_index(drop=True)
-    found = [str(m) for m in pd.unique(records["model"].astype(str))]
+    found = distinct(records["model"])
     teacher, student = _roles(manifest, found)
     if not manifest:
         notes.append("no manifest.json: stage timing and offered rates come from the records alone")
@@ -262,3 +290,21 @@ def after_warmup(frame: pd.DataFrame, info: StageInfo | None) -> pd.DataFrame:
     if info is None or info.start is None or info.warmup_s <= 0:
         return frame
     return frame[frame["intended_start"] >= info.start + info.warmup_s]
+
+
+def stage_frames(run: RunData) -> dict[tuple[str, str], pd.DataFrame]:
+    """(model, stage) -> that model's records in that stage after warm-up, split in one pass and kept.
+
+    Every table of the analyzer works per model and stage; splitting 10M rows once (one groupby, one take
+    per group) instead of masking the whole frame for each table keeps the analysis linear in the records.
+    """
+    if "stage_frames" not in run.cache:
+        recs = run.records
+        groups = recs.groupby(["model", "stage"], observed=True, sort=False).indices
+        out: dict[tuple[str, str], pd.DataFrame] = {}
+        for (model, stage), rows in groups.items():
+            frame = after_warmup(recs.take(rows), run.stages.get(str(stage)))
+            if len(frame):
+                out[(str(model), str(stage))] = frame
+        run.cache["stage_frames"] = out
+    return run.cache["stage_frames"]

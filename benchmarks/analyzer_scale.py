@@ -1,0 +1,190 @@
+"""Analyzer scale: wall time and peak memory of `loadtest analyze` on 1M, 3M and 10M records.
+
+Writes synthetic run directories in the real record schema (two models, teacher and student, five open-loop
+stages, four load-generator processes, record shards as the writer makes them, Triton metrics snapshots at
+the stage boundaries), then runs the whole analysis -- every table, comparison.csv and report.html -- once
+per size in a fresh child process and reads that child's wall time and peak resident memory (``wait4``).
+Prints one line per size and the growth ratios (time per record relative to the smallest size).
+
+    python benchmarks/analyzer_scale.py                      # 1M, 3M, 10M
+    python benchmarks/analyzer_scale.py --sizes 1e6 --keep   # one size, keep the run directory
+
+Nothing is asserted: the figures are what this machine measured while it ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STAGES = 5
+WORKERS = 4
+MODELS = {"teacher": (0.030, 0.35), "student": (0.012, 0.35)}  # lognormal median latency (s), sigma
+
+
+def _schema() -> pa.Schema:
+    from loadtest.load.records import SCHEMA
+
+    return SCHEMA
+
+
+def write_synthetic_run(run_dir: Path, n_records: int, *, shard_rows: int, seed: int = 0) -> dict:
+    """A plain two-model run of ``n_records`` requests in the record schema; returns what it wrote."""
+    schema = _schema()
+    rng = np.random.default_rng(seed)
+    (run_dir / "records").mkdir(parents=True)
+    (run_dir / "metrics").mkdir()
+    t0 = 1_750_000_000.0
+    per_model_stage = n_records // (len(MODELS) * STAGES)
+    rates = [250.0 * (i + 1) for i in range(STAGES)]  # per model; the stage lasts per_model_stage / rate
+    stages, snaps, shard_no = [], [], 0
+    counters = {m: dict.fromkeys(("success", "count", "exec", "queue", "input", "infer", "output", "request"), 0.0)
+                for m in MODELS}
+    start = t0
+    _snapshot(run_dir, start, counters)
+    for i, rate in enumerate(rates):
+        name = f"step-{i + 1}"
+        length = per_model_stage / rate
+        stages.append({"name": name, "start": start, "end": start + length, "warmup_s": 1.0, "offered_rate": rate,
+                       "loop": "open"})
+        for model, (median, sigma) in MODELS.items():
+            n = per_model_stage
+            intended = start + np.sort(rng.uniform(0, length, n))
+            delay = rng.exponential(0.0002, n)
+            sent = intended + delay
+            service = rng.lognormal(np.log(median * (1 + 0.1 * i)), sigma, n)
+            end = sent + service
+            success = rng.random(n) > 0.001
+            tokens = rng.integers(16, 128, n)
+            worker = rng.integers(0, WORKERS, n)
+            for w in range(WORKERS):
+                idx = np.flatnonzero(worker == w)
+                for lo in range(0, idx.size, shard_rows):
+                    part = idx[lo:lo + shard_rows]
+                    m = part.size
+                    table = pa.Table.from_arrays([
+                        pa.array(intended[part]), pa.array(sent[part]), pa.array(end[part]),
+                        pa.array(end[part] - intended[part]), pa.array(service[part]),
+                        pa.array(np.full(m, model, dtype=object), pa.string()),
+                        pa.array(np.full(m, "http", dtype=object), pa.string()),
+                        pa.array(np.ones(m, dtype=np.int32)), pa.array(tokens[part]),
+                        pa.array(success[part]),
+                        pa.array(np.where(success[part], None, "HTTP 500: synthetic failure"), pa.string()),
+                        pa.array(np.full(m, name, dtype=object), pa.string()),
+                        pa.array(np.full(m, "open", dtype=object), pa.string()),
+                        pa.array(delay[part] > 0.001), pa.array(np.full(m, f"bench-{w}", dtype=object), pa.string()),
+                        pa.array(np.full(m, "TritonUser", dtype=object), pa.string()),
+                    ], schema=schema)
+                    shard_no += 1
+                    pq.write_table(table, run_dir / "records" / f"bench-{w}-{shard_no:06d}.parquet", compression="zstd")
+            c = counters[model]
+            ok = float(success.sum())
+            c["success"] += ok
+            c["count"] += ok
+            c["exec"] += ok / 2
+            c["queue"] += ok * 1000
+            c["input"] += ok * 50
+            c["infer"] += float(service[success].sum() * 1e6 * 0.8)
+            c["output"] += ok * 20
+            c["request"] += float(service[success].sum() * 1e6 * 0.9)
+        start += length
+        _snapshot(run_dir, start, counters)
+        snaps.append(start)
+    manifest = {"kind": "run", "start": t0, "end": start, "models": {"teacher": "teacher", "student": "student"},
+                "stages": stages, "dropped": {m: {s["name"]: 0 for s in stages} for m in MODELS},
+                "scenario": {"shape": "benchmark"}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    return {"records": per_model_stage * len(MODELS) * STAGES, "shards": shard_no}
+
+
+def _snapshot(run_dir: Path, when: float, counters: dict) -> None:
+    names = {"nv_inference_request_success": "success", "nv_inference_count": "count",
+             "nv_inference_exec_count": "exec", "nv_inference_queue_duration_us": "queue",
+             "nv_inference_compute_input_duration_us": "input", "nv_inference_compute_infer_duration_us": "infer",
+             "nv_inference_compute_output_duration_us": "output", "nv_inference_request_duration_us": "request"}
+    lines = []
+    for metric, key in names.items():
+        lines += [f"# HELP {metric} synthetic", f"# TYPE {metric} counter"]
+        lines += [f'{metric}{{model="{m}",version="1"}} {c[key]:.1f}' for m, c in counters.items()]
+    (run_dir / "metrics" / f"{int(when * 1000)}-bench.prom").write_text("\n".join(lines) + "\n")
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {root!r})
+t = time.perf_counter()
+from loadtest.analysis.analyze import analyze_run
+a = analyze_run({run!r}, instance=None)
+print("ANALYZE_S", time.perf_counter() - t)
+d = a.difference
+print("BOOTSTRAP", d.verdict, d.resamples, getattr(d, "subsample", None))
+"""
+
+
+def time_analyze(run_dir: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in GB, the child's output) of one full analysis in a fresh process."""
+    code = CHILD.format(root=str(ROOT), run=str(run_dir))
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"analyze failed:\n{out}")
+    return wall, usage.ru_maxrss / 1024 / 1024, out  # ru_maxrss is KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1e6,3e6,1e7", help="comma-separated record counts")
+    parser.add_argument("--shard-rows", type=int, default=20_000,
+                        help="rows per record shard (the writer flushes once a second per process)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where run directories go (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the run directories")
+    args = parser.parse_args()
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="analyzer-scale-", dir=args.workdir))
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+          f"two models, {STAGES} stages, {WORKERS} workers, {args.shard_rows:,} rows per shard")
+    results = []
+    try:
+        for n in sizes:
+            run = work / f"run-{n}"
+            t = time.perf_counter()
+            info = write_synthetic_run(run, n, shard_rows=args.shard_rows)
+            gen = time.perf_counter() - t
+            wall, rss, out = time_analyze(run)
+            boot = next((line for line in out.splitlines() if line.startswith("BOOTSTRAP")), "")
+            results.append((info["records"], wall, rss))
+            print(f"{info['records']:>12,} records ({info['shards']} shards, written in {gen:.1f} s): "
+                  f"analyze {wall:6.2f} s wall, peak RSS {rss:5.2f} GB  [{boot}]", flush=True)
+            if not args.keep:
+                shutil.rmtree(run)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+    if len(results) > 1:
+        n0, w0, _ = results[0]
+        for n, w, rss in results[1:]:
+            print(f"{n / n0:.1f}x records -> {w / w0:.2f}x time ({w / n * 1e6 / (w0 / n0 * 1e6):.2f}x per record)")
+
+
+if __name__ == "__main__":
+    main()
