@@ -126,17 +126,22 @@ def _snapshot(run_dir: Path, when: float, counters: dict) -> None:
 CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-t = time.perf_counter()
-from loadtest.analysis.analyze import analyze_run
-a = analyze_run({run!r}, instance=None)
-print("ANALYZE_S", time.perf_counter() - t)
+t0 = time.perf_counter()
+from loadtest.analysis.analyze import compute
+from loadtest.analysis.outputs import write_outputs
+t1 = time.perf_counter()
+a = compute({run!r})
+t2 = time.perf_counter()
+write_outputs(a)
+t3 = time.perf_counter()
 d = a.difference
-print("BOOTSTRAP", d.verdict, d.resamples, getattr(d, "subsample", None))
+print(f"PHASES import {{t1 - t0:.2f}} s, figures {{t2 - t1:.2f}} s, tables+report {{t3 - t2:.2f}} s")
+print(f"BOOTSTRAP {{d.verdict}}: {{d.resamples}} resamples of {{d.n_student:,}} + {{d.n_teacher:,}} requests")
 """
 
 
-def time_analyze(run_dir: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in GB, the child's output) of one full analysis in a fresh process."""
+def time_analyze(run_dir: Path) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak RSS GB, the child's output) of one full analysis in a fresh process."""
     code = CHILD.format(root=str(ROOT), run=str(run_dir))
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -146,7 +151,7 @@ def time_analyze(run_dir: Path) -> tuple[float, float, str]:
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"analyze failed:\n{out}")
-    return wall, usage.ru_maxrss / 1024 / 1024, out  # ru_maxrss is KiB on Linux
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024 / 1024, out  # ru_maxrss: KiB on Linux
 
 
 def main() -> None:
@@ -165,14 +170,14 @@ def main() -> None:
     try:
         for n in sizes:
             run = work / f"run-{n}"
-            t = time.perf_counter()
             info = write_synthetic_run(run, n, shard_rows=args.shard_rows)
-            gen = time.perf_counter() - t
-            wall, rss, out = time_analyze(run)
-            boot = next((line for line in out.splitlines() if line.startswith("BOOTSTRAP")), "")
-            results.append((info["records"], wall, rss))
-            print(f"{info['records']:>12,} records ({info['shards']} shards, written in {gen:.1f} s): "
-                  f"analyze {wall:6.2f} s wall, peak RSS {rss:5.2f} GB  [{boot}]", flush=True)
+            load = os.getloadavg()[0]
+            wall, cpu, rss, out = time_analyze(run)
+            lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines() if " " in line}
+            results.append((info["records"], wall, cpu, rss))
+            print(f"{info['records']:>12,} records ({info['shards']} shards): analyze {wall:6.2f} s wall, "
+                  f"{cpu:6.2f} s CPU, peak RSS {rss:5.2f} GB (load average before: {load:.1f})\n"
+                  f"{'':14}{lines.get('PHASES', '')}; bootstrap {lines.get('BOOTSTRAP', '')}", flush=True)
             if not args.keep:
                 shutil.rmtree(run)
     finally:
@@ -181,9 +186,9 @@ def main() -> None:
         else:
             print(f"kept {work}")
     if len(results) > 1:
-        n0, w0, _ = results[0]
-        for n, w, rss in results[1:]:
-            print(f"{n / n0:.1f}x records -> {w / w0:.2f}x time ({w / n * 1e6 / (w0 / n0 * 1e6):.2f}x per record)")
+        n0, w0, c0, r0 = results[0]
+        for n, w, c, r in results[1:]:
+            print(f"{n / n0:4.1f}x records -> {w / w0:.2f}x wall, {c / c0:.2f}x CPU, {r / r0:.2f}x peak RSS")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from loadtest.analysis import server_metrics as sm
 from loadtest.analysis import stats
 from loadtest.analysis.capacity import Capacity, StepResult, StepRules, capacity_at_budget, run_steps
 from loadtest.analysis.costs import DEFAULT_GRID_G_PER_KWH, CostBook, CostFigures, cost_figures, load_cost_book
-from loadtest.analysis.records import ALL_STAGES, RunData, completed_within, load_run, stage_frames, window_of
+from loadtest.analysis.records import ALL_STAGES, RunData, completed_within, distinct, load_run, stage_frames, window_of
 from loadtest.errors import LoadtestError
 
 DEFAULT_BUDGET_MS = 100.0
@@ -32,7 +32,7 @@ class Reference:
     model: str
     stage: str  # ALL_STAGES, or the at-budget step of a sweep
     description: str
-    latencies_s: np.ndarray = field(repr=False)
+    latencies_s: np.ndarray = field(repr=False)  # successful requests' latencies, sorted ascending
     basis: str = "whole run"  # "whole run", "matched load" or "at budget" (loads differ between models)
 
 
@@ -113,18 +113,18 @@ class StageWindow:
     window: tuple[float, float]
     frame: pd.DataFrame = field(repr=False)
     in_window: np.ndarray = field(repr=False)  # successful and answered by the window's end (throughput)
+    loops: tuple[str, ...] = ()  # "open" and/or "closed"
 
 
 def _latency_row(
     run: RunData, model: str, stage: str, parts: list[StageWindow], window_s: float, snaps: list[sm.Snapshot],
     windows: list[tuple[float, float]], percentile: float,
 ) -> dict[str, Any]:
-    success = np.concatenate([p.frame["success"].to_numpy() for p in parts])
-    lat = np.concatenate([p.frame["latency_s"].to_numpy() for p in parts])[success]
+    lat = _sorted_latencies(run, model, parts)
     tokens_done = sum(float(p.frame["tokens"].to_numpy()[p.in_window].sum()) for p in parts)
     done = sum(int(p.in_window.sum()) for p in parts)
-    requests = int(success.size)
-    loops = sorted({str(v) for p in parts for v in pd.unique(p.frame["loop"])})
+    requests = sum(len(p.frame) for p in parts)
+    loops = sorted({v for p in parts for v in p.loops})
     row: dict[str, Any] = {
         "model": model,
         "role": run.role(model),
@@ -141,7 +141,6 @@ def _latency_row(
         "tokens_per_s": tokens_done / window_s if window_s > 0 else math.nan,
         "mean_ms": float(lat.mean() * 1000) if lat.size else math.nan,
     }
-    lat.sort()
     ests = stats.estimates(lat, tuple(sorted(set(stats.REPORTED_PERCENTILES) | {percentile})), presorted=True)
     for p, est in ests.items():
         key = stats.percentile_key(p)
@@ -166,6 +165,17 @@ def _latency_row(
     return row
 
 
+def _sorted_latencies(run: RunData, model: str, parts: list[StageWindow]) -> np.ndarray:
+    """Successful requests' latencies over some stages, sorted once (the latency row and the reference share it)."""
+    cache = run.cache.setdefault("sorted_latencies", {})
+    key = (model, tuple(p.stage for p in parts))
+    if key not in cache:
+        lat = np.concatenate([p.frame["latency_s"].to_numpy()[p.frame["success"].to_numpy()] for p in parts])
+        lat.sort()
+        cache[key] = lat
+    return cache[key]
+
+
 def _dropped(run: RunData, model: str, stage: str) -> float:
     if not run.dropped and "dropped" not in run.manifest:  # not recorded, which is not zero
         return math.nan
@@ -183,7 +193,8 @@ def _model_windows(run: RunData, model: str) -> list[StageWindow]:
             if m != model:
                 continue
             window = window_of(frame, run.stages.get(stage))
-            out.append(StageWindow(stage, window, frame, completed_within(frame, window[1]).to_numpy()))
+            out.append(StageWindow(stage, window, frame, completed_within(frame, window[1]).to_numpy(),
+                                   tuple(distinct(frame["loop"]))))
         out.sort(key=lambda part: part.window[0])
         cache[model] = out
     return cache[model]
@@ -294,9 +305,7 @@ def _reference(run: RunData, model: str, latency: pd.DataFrame, stage: str, desc
     rows = latency[latency["model"] == model]
     row = rows[rows["stage"] == stage].iloc[0].to_dict()
     parts = [p for p in _model_windows(run, model) if stage == ALL_STAGES or p.stage == stage]
-    lat = np.concatenate([p.frame["latency_s"].to_numpy()[p.frame["success"].to_numpy()] for p in parts])
-    lat.sort()
-    return Reference(model, stage, desc, lat, basis), row
+    return Reference(model, stage, desc, _sorted_latencies(run, model, parts), basis), row
 
 
 def _at_budget_step(steps: list[StepResult], model: str, cap: Capacity | None) -> StepResult | None:
