@@ -76,19 +76,19 @@ def write_synthetic_run(run_dir: Path, n_records: int, *, shard_rows: int, seed:
                 for lo in range(0, idx.size, shard_rows):
                     part = idx[lo:lo + shard_rows]
                     m = part.size
-                    table = pa.Table.from_arrays([
-                        pa.array(intended[part]), pa.array(sent[part]), pa.array(end[part]),
-                        pa.array(end[part] - intended[part]), pa.array(service[part]),
-                        pa.array(np.full(m, model, dtype=object), pa.string()),
-                        pa.array(np.full(m, "http", dtype=object), pa.string()),
-                        pa.array(np.ones(m, dtype=np.int32)), pa.array(tokens[part]),
-                        pa.array(success[part]),
-                        pa.array(np.where(success[part], None, "HTTP 500: synthetic failure"), pa.string()),
-                        pa.array(np.full(m, name, dtype=object), pa.string()),
-                        pa.array(np.full(m, "open", dtype=object), pa.string()),
-                        pa.array(delay[part] > 0.001), pa.array(np.full(m, f"bench-{w}", dtype=object), pa.string()),
-                        pa.array(np.full(m, "TritonUser", dtype=object), pa.string()),
-                    ], schema=schema)
+                    base = {
+                        "intended_start": intended[part], "start": sent[part], "end": end[part],
+                        "latency_s": end[part] - intended[part], "service_time_s": service[part],
+                        "model": np.full(m, model, dtype=object), "protocol": np.full(m, "http", dtype=object),
+                        "batch_size": np.ones(m, dtype=np.int32), "tokens": tokens[part], "success": success[part],
+                        "error": np.where(success[part], None, "HTTP 500: synthetic failure"),
+                        "stage": np.full(m, name, dtype=object), "loop": np.full(m, "open", dtype=object),
+                        "late": delay[part] > 0.001, "worker": np.full(m, f"bench-{w}", dtype=object),
+                        "scenario": np.full(m, "TritonUser", dtype=object),
+                    }  # columns the schema has beyond these (generative ones) are null, as for a classifier
+                    table = pa.Table.from_arrays(
+                        [pa.array(base[f.name], f.type) if f.name in base else pa.nulls(m, f.type) for f in schema],
+                        schema=schema)
                     shard_no += 1
                     pq.write_table(table, run_dir / "records" / f"bench-{w}-{shard_no:06d}.parquet", compression="zstd")
             c = counters[model]
