@@ -24,7 +24,7 @@ import gevent
 from gevent.event import Event
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
-from transformers import PreTrainedTokenizerFast  # noqa: F401  (loaded once, before --processes forks)
+from tokenizers import Tokenizer  # noqa: F401  (loaded once, before --processes forks)
 
 from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)
@@ -93,7 +93,7 @@ def prepared_requests(protocol: str) -> dict:
     if protocol not in STATE.prepared:
         context = STATE.context
         STATE.prepared[protocol] = {
-            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads]
+            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads_for(spec.name)]
             for spec in context.models
         }
     return STATE.prepared[protocol]
