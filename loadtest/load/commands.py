@@ -89,7 +89,8 @@ def run(
     console = output_console()
     echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False))
     checked = preflight(host, repository, models, model_version, wait_ready, console)
-    console.print(f"pre-flight: {checked.url} READY: " + "; ".join(m.describe() for m in checked.models), highlight=False)
+    ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in checked.models)
+    console.print(f"pre-flight: {checked.url} live, models READY: {ready}", highlight=False, soft_wrap=True)
     with console.status(f"running {scenario} against {host} for {run_time}"):
         result = run_locust(
             scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
