@@ -45,6 +45,8 @@ class RepositoryMetadata(BaseModel):
     max_sequence_length: int = Field(256, gt=0)
     tokenizer: str = "tokenizer.json"
     task: str = "sequence-classification"
+    # `loadtest export --with-tokenizer`: model -> its ensemble taking BYTES text (tokenized inside Triton)
+    text_models: dict[str, str] = Field(default_factory=dict)
 
 
 class TritonModelSettings(BaseModel):

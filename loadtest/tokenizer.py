@@ -117,6 +117,17 @@ class FastTokenizer:
             out = {k: v[0] for k, v in out.items()}
         return out
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens per text as the model would see them (special tokens included, no truncation)."""
-        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+    def count_tokens(self, texts: list[str], max_length: int | None = None) -> list[int]:
+        """Tokens per text as the model sees them: special tokens included, truncated at ``max_length``."""
+        counts = [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+        return [min(c, max_length) for c in counts] if max_length else counts
+
+    def random_text(self, rng, n_tokens: int) -> str:
+        """Text decoded from ``n_tokens`` random ordinary tokens (synthetic text of a known token length)."""
+        if not hasattr(self, "_ordinary"):
+            import numpy as np
+
+            special = set(self.all_special_ids)
+            self._ordinary = np.array([i for i in range(len(self)) if i not in special], dtype=np.int64)
+        ids = rng.choice(self._ordinary, size=max(int(n_tokens), 1))
+        return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)

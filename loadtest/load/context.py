@@ -165,6 +165,17 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None) -> LoadC
     first = model_payloads[specs[0].name]
     return LoadContext(
         options, endpoint, specs, first, "; ".join(descriptions),
-        metadata.teacher if metadata else None, metadata.student if metadata else None,
+        _role(metadata, "teacher", checked.names), _role(metadata, "student", checked.names),
         model_payloads, checked.models,
     )  # fmt: skip
+
+
+def _role(metadata, role: str, names: list[str]) -> str | None:
+    """The loaded model playing ``role``: the repository's model itself, or its text ensemble."""
+    if metadata is None:
+        return None
+    name = getattr(metadata, role)
+    if name in names:
+        return name
+    text = metadata.text_models.get(name)
+    return text if text in names else None

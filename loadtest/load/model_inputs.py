@@ -8,7 +8,8 @@ dims, max_batch_size from the server), every request is built once per process, 
 * ``--dataset`` with a text column: BYTES inputs receive the text itself (models that tokenise inside
   Triton, such as ``loadtest export --with-tokenizer`` ensembles);
 * otherwise synthetic values by datatype: integers uniform in ``--int-range`` (``attention_mask`` all
-  ones, ``token_type_ids`` zeros), floats uniform in [0, 1), booleans, and BYTES strings of random words.
+  ones, ``token_type_ids`` zeros), floats uniform in [0, 1), booleans, and BYTES strings of random words
+  (with a tokenizer at hand: text decoded from random tokens, about ``--lengths`` tokens long).
   Variable dims take ``--input-shape NAME:d1,d2`` (perf_analyzer's ``--shape``) or, without one, a length
   drawn from ``--lengths`` per request (words per string for BYTES).
 
@@ -132,12 +133,16 @@ def _concrete_shape(tensor, settings: InputSettings, length: int) -> list[int]:
     return [fill if d < 0 else d for d in tensor.dims]
 
 
-def _synthetic(tensor, shape: list[int], rng: np.random.Generator, settings: InputSettings, words: int) -> np.ndarray:
+def _synthetic(tensor, shape: list[int], rng: np.random.Generator, settings: InputSettings, words: int,
+               tokenizer=None) -> np.ndarray:  # fmt: skip
     dtype = tensor.numpy_dtype
     name = tensor.name.lower()
     if tensor.datatype == "BYTES":
         count = int(np.prod(shape)) if shape else 1
-        texts = [" ".join(rng.choice(WORDS, size=max(words, 1))).encode() for _ in range(count)]
+        if tokenizer is not None:  # text of about ``words`` tokens, from the model's own vocabulary
+            texts = [tokenizer.random_text(rng, max(words - 2, 1)).encode() for _ in range(count)]
+        else:
+            texts = [" ".join(rng.choice(WORDS, size=max(words, 1))).encode() for _ in range(count)]
         return np.array(texts, dtype=object).reshape(shape)
     if tensor.datatype == "BOOL":
         return rng.integers(0, 2, size=shape).astype(bool)
@@ -158,7 +163,7 @@ def _tokens(arrays: dict[str, np.ndarray], tokenizer) -> int:
     texts = [v for a in arrays.values() if a.dtype == object for v in np.ravel(a)]
     if texts and tokenizer is not None:
         decoded = [t.decode("utf-8", errors="replace") if isinstance(t, bytes) else str(t) for t in texts]
-        return int(sum(tokenizer.count_tokens(decoded)))
+        return int(sum(tokenizer.count_tokens(decoded, tokenizer.model_max_length)))
     if "input_ids" in arrays:
         return int(np.asarray(arrays["input_ids"]).size)
     return 0
@@ -248,7 +253,7 @@ def build_model_payloads(model, settings: InputSettings, tokenizer=None) -> list
                 picked = [texts[order[(i * count + k) % len(texts)]].encode() for k in range(count)]
                 value = np.array(picked, dtype=object).reshape(([batch] if model.batches else []) + shape)
             else:
-                rows = [_synthetic(tensor, shape, rng, settings, int(lengths[i])) for _ in range(batch)]
+                rows = [_synthetic(tensor, shape, rng, settings, int(lengths[i]), tokenizer) for _ in range(batch)]
                 value = _stack(rows, model.batches)
             arrays[tensor.name] = value
         payloads.append(Payload(arrays, batch, _tokens(arrays, tokenizer)))
