@@ -199,6 +199,12 @@ class EncodedInputs:
     truncated: np.ndarray  # bool
 
 
+def text_only(dataset: EvalDataset) -> EncodedInputs:
+    """For models that tokenise inside Triton and no tokenizer here: lengths in whitespace words, nothing cut."""
+    words = np.array([len(str(t).split()) for t in dataset.frame["text"]], dtype=np.int64)
+    return EncodedInputs([[] for _ in words], None, words, words, np.zeros(len(words), dtype=bool))
+
+
 def encode(dataset: EvalDataset, tokenizer, max_length: int) -> EncodedInputs:
     """Tokenize (or take ``input_ids``) and truncate to ``max_length`` tokens."""
     if dataset.has_text:
