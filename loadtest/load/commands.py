@@ -10,22 +10,20 @@ from pathlib import Path
 import typer
 
 
-def preflight(host: str, repository: Path, models: str | None, version: str | None, wait_ready: float, console):
-    """The pre-flight check before Locust starts: one line and exit 2 when the server or a model is not ready."""
-    from loadtest.load.preflight import check_server
-    from loadtest.load.settings import parse_endpoint
-    from loadtest.repository import METADATA_FILE, ModelRepository
+def preflight(host: str, values: dict, console):
+    """Everything the Locust processes will check, before Locust starts: one line and exit 2 on bad input.
 
-    names = [m.strip() for m in (models or "").split(",") if m.strip()]
-    local = ModelRepository(repository)
-    if not names and (local.path / METADATA_FILE).is_file():
-        metadata = local.read_metadata()
-        names = list(dict.fromkeys([metadata.teacher, metadata.student]))
+    Server reachable and speaking the protocol, every model READY (``--wait-ready``), inputs fillable and
+    the payloads buildable: the same ``build_context`` the Locust listener runs, without importing Locust.
+    """
+    from types import SimpleNamespace
+
+    from loadtest.load.context import build_context
+    from loadtest.load.settings import LoadOptions
+
+    options = LoadOptions.from_namespace(SimpleNamespace(**{k: v for k, v in values.items() if v is not None}))
     with console.status(f"pre-flight: is {host} up with its models READY?") as status:
-        return check_server(
-            parse_endpoint(host), names or None, version=version or "", wait_ready_s=wait_ready,
-            on_wait=lambda message: status.update(message.replace("loadtest: ", "pre-flight: ")),
-        )  # fmt: skip
+        return build_context(options, host, on_wait=lambda message: status.update(message.replace("loadtest: ", "pre-flight: ")))
 
 
 def register(app: typer.Typer) -> None:
@@ -88,9 +86,16 @@ def run(
 
     console = output_console()
     echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False))
-    checked = preflight(host, repository, models, model_version, wait_ready, console)
-    ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in checked.models)
-    console.print(f"pre-flight: {checked.url} live, models READY: {ready}", highlight=False, soft_wrap=True)
+    values = dict(
+        repository=str(repository), models=models, dataset=str(dataset) if dataset else None, lengths=lengths,
+        batch_size=batch_size, arrival_rate=arrival_rate, arrival=arrival, stages=stages,
+        model_version=model_version, wait_ready=wait_ready, input_shape=input_shape,
+        input_data=str(input_data) if input_data else None, int_range=int_range,
+        tokenizer=str(tokenizer) if tokenizer else None, payload_pool=64,
+    )  # fmt: skip
+    context = preflight(host, values, console)
+    ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in context.served)
+    console.print(f"pre-flight: {host} live, models READY: {ready}", highlight=False, soft_wrap=True)
     with console.status(f"running {scenario} against {host} for {run_time}"):
         result = run_locust(
             scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,

@@ -411,7 +411,14 @@ def _models_for_manifest() -> dict | None:
         "teacher": context.teacher if context.teacher in names else None,
         "student": context.student if context.student in names else None,
         "names": names,
-    }
+        # as the server described each model at test start (the inputs the payloads were built for)
+        "served": [
+            {"name": m.name, "version": m.version or (m.versions[-1] if m.versions else None), "platform": m.platform,
+             "max_batch_size": m.max_batch_size, "decoupled": m.decoupled,
+             "inputs": [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in m.inputs]}
+            for m in context.served
+        ],
+    }  # fmt: skip
 
 
 def _base_manifest(environment, options: LoadOptions) -> dict:
