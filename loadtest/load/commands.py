@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 
-def preflight(host: str, values: dict, console):
+def preflight(host: str, values: dict, console, tokenizer: str = ""):
     """Everything the Locust processes will check, before Locust starts: one line and exit 2 on bad input.
 
     Server reachable and speaking the protocol, every model READY (``--wait-ready``), inputs fillable and
@@ -23,7 +23,10 @@ def preflight(host: str, values: dict, console):
 
     options = LoadOptions.from_namespace(SimpleNamespace(**{k: v for k, v in values.items() if v is not None}))
     with console.status(f"pre-flight: is {host} up with its models READY?") as status:
-        return build_context(options, host, on_wait=lambda message: status.update(message.replace("loadtest: ", "pre-flight: ")))
+        return build_context(
+            options, host, tokenizer=tokenizer,
+            on_wait=lambda message: status.update(message.replace("loadtest: ", "pre-flight: ")),
+        )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
@@ -91,9 +94,9 @@ def run(
         batch_size=batch_size, arrival_rate=arrival_rate, arrival=arrival, stages=stages,
         model_version=model_version, wait_ready=wait_ready, input_shape=input_shape,
         input_data=str(input_data) if input_data else None, int_range=int_range,
-        tokenizer=str(tokenizer) if tokenizer else None, payload_pool=64,
+        payload_pool=64,
     )  # fmt: skip
-    context = preflight(host, values, console)
+    context = preflight(host, values, console, str(tokenizer) if tokenizer else "")
     ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in context.served)
     console.print(f"pre-flight: {host} live, models READY: {ready}", highlight=False, soft_wrap=True)
     with console.status(f"running {scenario} against {host} for {run_time}"):

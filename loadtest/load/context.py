@@ -73,13 +73,13 @@ def _takes_tokens(model) -> bool:
     )
 
 
-def _tokenizer(options: LoadOptions, repository: ModelRepository, metadata):
+def _tokenizer(path: str, repository: ModelRepository, metadata):
     """(tokenizer, max_length) from --tokenizer, else the repository's, else (None, None)."""
     from loadtest.tokenizer import FastTokenizer
 
-    if options.tokenizer:
+    if path:
         limit = metadata.max_sequence_length if metadata is not None else 512
-        return FastTokenizer.from_path(options.tokenizer, limit), limit
+        return FastTokenizer.from_path(path, limit), limit
     if metadata is not None and (repository.path / metadata.tokenizer).is_file():
         return repository.load_tokenizer(), metadata.max_sequence_length
     return None, None
@@ -94,11 +94,12 @@ def _cycle(pool: list[Payload], length: int) -> tuple[Payload, ...]:
     return tuple(pool[i % len(pool)] for i in range(length))
 
 
-def build_context(options: LoadOptions, host: str | None, on_wait=None) -> LoadContext:
+def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenizer: str = "") -> LoadContext:
     """Pre-flight the server, read the models from it and prepare the payload pools (raises LoadtestError).
 
     The server is the truth about each model (inputs, datatypes, dims, batching); a local repository
     written by ``loadtest export`` only adds teacher/student roles and the tokenizer for token payloads.
+    ``tokenizer`` (``--tokenizer``, shared with the generative options) stands in for a repository's.
     """
     from loadtest.load.model_inputs import InputSettings, build_model_payloads, check_shapes_known, describe
     from loadtest.load.model_inputs import parse_input_shapes, parse_int_range
@@ -134,7 +135,7 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None) -> LoadC
                 "use a streaming scenario, or leave it out of --models"
             )
     check_shapes_known(checked.models, settings)
-    tokenizer, max_length = _tokenizer(options, repository, metadata)
+    tokenizer, max_length = _tokenizer(tokenizer, repository, metadata)
     token_pool: list[Payload] | None = None
     pools: dict[str, list[Payload]] = {}
     descriptions = []

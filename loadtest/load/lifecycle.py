@@ -542,7 +542,7 @@ def _prepare_context(environment, options: LoadOptions) -> None:
 
             STATE.context = build_generative_context(options, generation, environment.host)
         else:
-            STATE.context = build_context(options, environment.host)
+            STATE.context = build_context(options, environment.host, tokenizer=generation.tokenizer)
         STATE.context_key = key
         STATE.prepared = {}
         if STATE.role != "master":  # serialise every request once, before the first user needs it

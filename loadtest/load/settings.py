@@ -70,8 +70,6 @@ OPTIONS: list[tuple[str, str, object, type, str]] = [
      "Input values from a perf_analyzer --input-data JSON file ({\"data\": [{\"INPUT\": [...]}, ...]})."),
     ("--int-range", "LOADTEST_INT_RANGE", "", str,
      "Synthetic integer inputs drawn from LO:HI (HI excluded; default 0:100)."),
-    ("--tokenizer", "LOADTEST_TOKENIZER", "", str,
-     "tokenizer.json (or its folder) for text payloads when there is no local repository."),
 ]  # fmt: skip
 
 
@@ -151,7 +149,6 @@ class LoadOptions:
     input_shape: str = ""
     input_data: str = ""
     int_range: str = ""
-    tokenizer: str = ""
 
     @classmethod
     def from_namespace(cls, namespace) -> LoadOptions:
