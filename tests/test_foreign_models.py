@@ -184,3 +184,17 @@ def test_load_right_after_serve_starts_sees_no_unloaded_model(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_compose_healthcheck_probes_each_model(foreign_server):
+    """docker-compose.yml's Triton healthcheck, run as compose would render it, fails while a model is missing."""
+    from pathlib import Path
+
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+    command = compose["x-triton"]["healthcheck"]["test"][3]
+    for models, healthy in (("fp32_mlp text_classifier", True), ("fp32_mlp not_loaded", False)):
+        rendered = (command.replace("${LOADTEST_HEALTH_MODELS:-teacher student}", models).replace("$$", "$")
+                    .replace("127.0.0.1/8000", f"127.0.0.1/{foreign_server.http_port}"))  # fmt: skip
+        assert (subprocess.run(["bash", "-c", rendered], timeout=30).returncode == 0) is healthy

@@ -123,6 +123,11 @@ def run(
     manifest = result.manifest()
     rows = sum(s.requests for s in summaries)
     console.print(f"records: {rows} rows; Locust counted {manifest.get('locust', {}).get('requests')} requests")
+    console.print(
+        "[dim]Locust's own percentiles (locust_bucketed_*.csv, locust_bucketed.html, web UI) round each latency "
+        "into buckets (1 ms below 100 ms, 10 ms below 1 s): report the figures above or `loadtest analyze`.[/]",
+        soft_wrap=True,
+    )
     console.print(f"run directory: [bold]{result.run_dir}[/]")
     if result.exit_code != 0:
         raise typer.Exit(result.exit_code)
