@@ -14,31 +14,17 @@ from dataclasses import dataclass
 from loadtest.errors import LoadtestError
 from loadtest.load.payloads import TOKENIZER_INPUTS, Payload, PayloadSpec, build_payloads
 from loadtest.load.settings import Endpoint, LoadOptions, parse_endpoint
-from loadtest.repository import TRITON_TO_NUMPY, ModelRepository
+from loadtest.repository import ModelRepository
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model as the client needs it: input names and dtypes, output names, largest batch."""
+    """A model as the client needs it (from the server): input names and dtypes, output names, largest batch."""
 
     name: str
     inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype name)
     outputs: tuple[str, ...]
     max_batch_size: int
-
-
-def model_specs(repository: ModelRepository, names: list[str]) -> list[ModelSpec]:  # from config.pbtxt files
-    """Specs of ``names`` from their config.pbtxt in ``repository``."""
-    specs = []
-    for name in names:
-        config = repository.read_config(name)
-        inputs = []
-        for tensor in config.input:
-            if tensor.data_type not in TRITON_TO_NUMPY:
-                raise LoadtestError(f"model '{name}': input '{tensor.name}' has a data type loadtest cannot fill")
-            inputs.append((tensor.name, TRITON_TO_NUMPY[tensor.data_type]))
-        specs.append(ModelSpec(name, tuple(inputs), tuple(t.name for t in config.output), config.max_batch_size))
-    return specs
 
 
 @dataclass(frozen=True)

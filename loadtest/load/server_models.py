@@ -201,28 +201,28 @@ class ServerModelReader:
     def _kwargs(self) -> dict:
         return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
 
-    def call(self, what: str, fn, *args, **kwargs):
+    def call(self, fn, *args, **kwargs):
         """Run one client call; raise the tritonclient error (callers decide what it means)."""
         return fn(*args, **kwargs, **self._kwargs())
 
     # ---- server --------------------------------------------------------------------------------
     def is_live(self) -> bool:
-        return bool(self.call("live", self._client.is_server_live))
+        return bool(self.call(self._client.is_server_live))
 
     def is_model_ready(self, name: str, version: str = "") -> bool:
-        return bool(self.call("ready", self._client.is_model_ready, name, version))
+        return bool(self.call(self._client.is_model_ready, name, version))
 
     def server_metadata(self) -> dict:
         if self.protocol == "grpc":
-            return _metadata_dict(self.call("server metadata", self._client.get_server_metadata))
-        return dict(self.call("server metadata", self._client.get_server_metadata))
+            return _metadata_dict(self.call(self._client.get_server_metadata))
+        return dict(self.call(self._client.get_server_metadata))
 
     def repository_index(self) -> list[IndexEntry]:
         """Every model the server knows, with its state (needs the repository API to be open)."""
         if self.protocol == "grpc":
-            rows = _metadata_dict(self.call("index", self._client.get_model_repository_index)).get("models", [])
+            rows = _metadata_dict(self.call(self._client.get_model_repository_index)).get("models", [])
         else:
-            rows = self.call("index", self._client.get_model_repository_index)
+            rows = self.call(self._client.get_model_repository_index)
         return [
             IndexEntry(str(r.get("name", "")), str(r.get("version", "")), str(r.get("state", "")), str(r.get("reason", "")))
             for r in rows or []
@@ -231,8 +231,8 @@ class ServerModelReader:
     # ---- models --------------------------------------------------------------------------------
     def model(self, name: str, version: str = "") -> ServerModel:
         """Metadata + config of ``name`` (``version``: "" = the server's default policy)."""
-        metadata = self.call("metadata", self._client.get_model_metadata, name, version)
-        config = self.call("config", self._client.get_model_config, name, version)
+        metadata = self.call(self._client.get_model_metadata, name, version)
+        config = self.call(self._client.get_model_config, name, version)
         if self.protocol == "grpc":
             config = config.config
         return build_server_model(metadata, config, version)
