@@ -75,6 +75,9 @@ class FastTokenizer:
         return cls.from_directory(path.parent, path.name, model_max_length)
 
     # ---- what the HF API offers and loadtest calls ---------------------------------------------
+    def get_vocab(self) -> dict[str, int]:
+        return self._tokenizer.get_vocab(with_added_tokens=True)
+
     def __len__(self) -> int:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
@@ -93,6 +96,7 @@ class FastTokenizer:
         add_special_tokens: bool = True,
         return_attention_mask: bool = True,
         return_token_type_ids: bool = True,
+        return_tensors: str | None = None,
     ) -> dict[str, list[list[int]]]:
         """Ids (and masks, type ids) per text, unpadded: what ``PreTrainedTokenizerFast.__call__`` returns."""
         if padding:
@@ -115,6 +119,12 @@ class FastTokenizer:
             out["attention_mask"] = [e.attention_mask for e in encodings]
         if single:
             out = {k: v[0] for k, v in out.items()}
+        if return_tensors == "np":  # rows of one length only (no padding here), as with the HF API
+            import numpy as np
+
+            out = {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
+        elif return_tensors is not None:
+            raise ValueError(f"FastTokenizer returns lists or numpy arrays, not '{return_tensors}'")
         return out
 
     def count_tokens(self, texts: list[str], max_length: int | None = None) -> list[int]:

@@ -61,7 +61,7 @@ def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def _freeze(python: Path) -> set[str]:
-    out = _run([str(python), "-m", "pip", "freeze", "--exclude-editable"]).stdout
+    out = _run([str(python), "-m", "pip", "list", "--format=freeze"]).stdout
     return {line.split("==")[0].lower() for line in out.splitlines() if "==" in line}
 
 
