@@ -77,7 +77,7 @@ def test_openai_chat_streaming_reconciles_with_the_server(openai_server, llm_mod
     before = openai_server.received()
     args = _llm_args("openai-chat", teacher, student, tokenizer=teacher,
                      extra=("--teacher", teacher, "--student", student, "--warmup-requests", "1"))  # fmt: skip
-    run = _run(tmp_path, "llm.py", openai_server.url, args, users=2, run_time=5)
+    run = _run(tmp_path, "llm.py", openai_server.url, args, users=2, run_time=3)
     frame = _frame(run)
     assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
     _check_common(frame, run)
@@ -116,7 +116,7 @@ def test_openai_completions_open_loop_and_whole_answers(openai_server, llm_model
     """Open loop (TTFT/E2E from the intended time) streaming, then whole answers (no TTFT) with --no-stream."""
     teacher = str(llm_models[0])
     run = _run(tmp_path, "llm_open_loop.py", openai_server.url, _llm_args("openai-completions", teacher,
-               tokenizer=teacher), users=1, run_time=4, arrival_rate=3)  # fmt: skip
+               tokenizer=teacher), users=1, run_time=3, arrival_rate=4)  # fmt: skip
     frame = _frame(run)
     assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
     _check_common(frame, run)
@@ -125,7 +125,7 @@ def test_openai_completions_open_loop_and_whole_answers(openai_server, llm_model
     assert (frame["output_tokens"] == OUT_TOKENS).all()
 
     run = _run(tmp_path, "llm.py", openai_server.url, _llm_args("openai-completions", teacher, tokenizer=teacher,
-               extra=("--no-stream",)), users=1, run_time=3)  # fmt: skip
+               extra=("--no-stream",)), users=1, run_time=2)  # fmt: skip
     frame = _frame(run)
     assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
     assert frame["ttft_s"].isna().all() and (frame["output_tokens"] == OUT_TOKENS).all()
@@ -138,7 +138,7 @@ def test_triton_streaming_reconciles_with_triton(triton_llm, llm_models, tmp_pat
     host = triton_llm.grpc_url if api == "triton-grpc" else triton_llm.http_url
     before = triton_success(triton_llm.metrics_url)
     run = _run(tmp_path, "llm.py", host, _llm_args(api, "echo", "echo2", tokenizer=llm_models[0]), users=2,
-               run_time=4)  # fmt: skip
+               run_time=3)  # fmt: skip
     delta = success_delta(before, triton_success(triton_llm.metrics_url))
     frame = _frame(run)
     assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
