@@ -53,6 +53,8 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+# The error text (prefix) of a request answered with NaN or Inf: a failure, counted in the footprint table.
+NONFINITE_ERROR = "non-finite output"
 
 
 class Record(NamedTuple):

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import gevent
 import locust  # noqa: F401  (gevent monkey-patching happens here, before gRPC is set up)
+import numpy as np
 from gevent import GreenletExit
 
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.clock import CLOCK
 from loadtest.load.context import ModelSpec
 from loadtest.load.payloads import Payload, model_arrays
-from loadtest.load.records import Record
+from loadtest.load.records import NONFINITE_ERROR, Record
 from loadtest.load.settings import Endpoint
 
 _GRPC_READY = False
@@ -227,6 +228,8 @@ class TritonClient:
                 if rows is None or len(rows) != request.batch_size:
                     got = "no output" if rows is None else f"{len(rows)} rows"
                     error = f"bad response: {got} for a batch of {request.batch_size}"
+                elif rows.dtype.kind == "f" and not np.isfinite(rows).all():  # the footprint's non-finite count
+                    error = f"{NONFINITE_ERROR}: NaN or Inf in {request.output_name}"
         except Exception as exc:  # every failure is a counted, recorded request
             error = _error_text(exc)
         except GreenletExit:
