@@ -34,6 +34,8 @@ def llm_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def openai_server(llm_models, tmp_path_factory):
     server = TransformersServe(tmp_path_factory.mktemp("serve"))
+    for model in llm_models:
+        server.load(model)
     yield server
     server.stop()
 
@@ -88,6 +90,26 @@ def test_openai_chat_streaming_reconciles_with_the_server(openai_server, llm_mod
     assert set(frame["stage"]) == {"warmup", "steady"}
     assert (frame[frame["stage"] == "warmup"].groupby("model").size() <= 2).all()  # one per user and model
     assert run.manifest()["models"]["teacher"] == teacher and run.manifest()["models"]["student"] == student
+    _check_analysis(run.run_dir, frame, teacher)
+
+
+def _check_analysis(run_dir, frame, teacher):
+    """``loadtest analyze --slo`` on the real run: its P95 TTFT is numpy's on the records; report written."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from loadtest.cli import app
+
+    result = CliRunner().invoke(app, ["analyze", str(run_dir), "--slo", "ttft_ms=2000,itl_ms=500"])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "report.html").exists() and "goodput" in result.output
+    import pandas as pd
+
+    table = pd.read_csv(run_dir / "tables" / "generative_summary.csv")
+    row = table[(table["model"] == teacher) & (table["stage"] == "(all)")].iloc[0]
+    steady = frame[(frame["model"] == teacher) & (frame["stage"] != "warmup")]
+    assert row["ttft_p95_ms"] == pytest.approx(np.percentile(steady["ttft_s"], 95) * 1000)
+    assert row["requests"] == len(steady)
 
 
 def test_openai_completions_open_loop_and_whole_answers(openai_server, llm_models, tmp_path):
