@@ -24,7 +24,7 @@ import gevent
 from gevent.event import Event
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
-from transformers import PreTrainedTokenizerFast  # noqa: F401  (loaded once, before --processes forks)
+from tokenizers import Tokenizer  # noqa: F401  (loaded once, before --processes forks)
 
 from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)
@@ -98,7 +98,7 @@ def prepared_requests(protocol: str) -> dict:
             STATE.prepared[protocol] = prepare_requests(context)
             return STATE.prepared[protocol]
         STATE.prepared[protocol] = {
-            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads]
+            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads_for(spec.name)]
             for spec in context.models
         }
     return STATE.prepared[protocol]
@@ -444,7 +444,14 @@ def _models_for_manifest() -> dict | None:
         "teacher": context.teacher if context.teacher in names else None,
         "student": context.student if context.student in names else None,
         "names": names,
-    }
+        # as the server described each model at test start (the inputs the payloads were built for)
+        "served": [
+            {"name": m.name, "version": m.version or (m.versions[-1] if m.versions else None), "platform": m.platform,
+             "max_batch_size": m.max_batch_size, "decoupled": m.decoupled,
+             "inputs": [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in m.inputs]}
+            for m in context.served
+        ],
+    }  # fmt: skip
 
 
 def _base_manifest(environment, options: LoadOptions) -> dict:
@@ -535,7 +542,7 @@ def _prepare_context(environment, options: LoadOptions) -> None:
 
             STATE.context = build_generative_context(options, generation, environment.host)
         else:
-            STATE.context = build_context(options, environment.host)
+            STATE.context = build_context(options, environment.host, tokenizer=generation.tokenizer)
         STATE.context_key = key
         STATE.prepared = {}
         if STATE.role != "master":  # serialise every request once, before the first user needs it

@@ -94,10 +94,10 @@ def prepare_request(protocol: str, spec: ModelSpec, payload: Payload) -> Prepare
         outputs = [module.InferRequestedOutput(name) for name in spec.outputs]
     else:
         outputs = [module.InferRequestedOutput(name, binary_data=True) for name in spec.outputs]
-    return PreparedRequest(
-        spec.name, inputs, outputs, payload.batch_size, payload.tokens, spec.outputs[0] if spec.outputs else None,
-        _wire(protocol, spec.name, inputs, outputs),
-    )
+    # Rows are checked against the batch only where the model has a batch dimension.
+    checked_output = spec.outputs[0] if spec.outputs and spec.max_batch_size > 0 else None
+    return PreparedRequest(spec.name, inputs, outputs, payload.batch_size, payload.tokens, checked_output,
+                           _wire(protocol, spec.name, inputs, outputs))
 
 
 def _wire(protocol: str, model: str, inputs: list, outputs: list) -> tuple:
