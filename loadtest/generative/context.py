@@ -31,6 +31,23 @@ class LLMEndpoint:
     def protocol(self) -> str:
         return self.api
 
+    # the classifier Endpoint's attributes, so code written for either endpoint reads both
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def ssl(self) -> bool:
+        return self.server.ssl
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
     @property
     def base_url(self) -> str:
         scheme = "https" if self.server.ssl else "http"
