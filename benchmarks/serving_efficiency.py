@@ -52,11 +52,13 @@ class Variant:
     delay_us: int = 2000
     spinning: str = "default"  # ORT worker threads busy-wait: default (ORT's: on), on, off
     pytriton: bool = False
+    noop: bool = False  # a Python-backend model that answers zeros: the server path's floor
+
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
-        if text == "pytriton":
-            return cls(pytriton=True)
+        if text in ("pytriton", "noop"):
+            return cls(**{text: True})
         values = dict(item.split("=", 1) for item in text.split(",") if item)
         kwargs = {k: (v if k == "spinning" else int(v)) for k, v in values.items()}
         return cls(**kwargs)
@@ -65,6 +67,8 @@ class Variant:
     def label(self) -> str:
         if self.pytriton:
             return f"PyTriton proxy (old), delay {self.delay_us} µs"
+        if self.noop:
+            return f"no-op Python-backend model (server floor), delay {self.delay_us} µs"
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.instances)
         return f"{self.instances} inst x {threads} ORT thr, delay {self.delay_us} µs, spin {self.spinning}"
 
@@ -79,16 +83,67 @@ class Served:
 
 
 # ---- the pair and its repository -----------------------------------------------------------------
-def demo_repository(work: Path, variant: Variant) -> Path:
+def export_demo_pair(work: Path) -> Path:
+    """The quick demo pair (cached) exported with the demo's serving settings."""
     from exporters.pipeline import export_pair
     from loadtest.demopair.build import DemoSettings, build_or_reuse
     from loadtest.repository import TritonModelSettings
 
     pair = build_or_reuse(DemoSettings.quick(), progress=lambda message, fraction: None)
-    repository = work / f"repo-{abs(hash(variant))}"
-    settings = TritonModelSettings(max_batch_size=32, max_queue_delay_us=variant.delay_us, instance_count=variant.instances)
-    export_pair(pair.teacher_dir, pair.student_dir, repository, settings, overwrite=True)
+    repository = work / "exported"
+    export_pair(pair.teacher_dir, pair.student_dir, repository, TritonModelSettings(max_batch_size=32), overwrite=True)
     return repository
+
+
+def variant_repository(exported: Path, work: Path, variant: Variant) -> Path:
+    """A copy of the exported repository with the variant's batcher delay and instance count in config.pbtxt."""
+    from loadtest.repository import ModelRepository
+
+    repository = work / f"repo-{abs(hash(variant))}"
+    shutil.copytree(exported, repository)
+    models = ModelRepository(repository)
+    for name in MODELS:
+        config = models.read_config(name)
+        config.dynamic_batching.max_queue_delay_microseconds = variant.delay_us
+        config.instance_group[0].count = variant.instances
+        models.write_config(config)
+    if variant.noop:
+        make_noop(repository)
+    return repository
+
+
+NOOP_MODEL = """
+import json
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        output = json.loads(args["model_config"])["output"][0]
+        self.name, self.width = output["name"], int(output["dims"][0])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            rows = len(request.inputs()[0].as_numpy())
+            zeros = np.zeros((rows, self.width), dtype=np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.name, zeros)]))
+        return responses
+"""
+
+
+def make_noop(repository: Path) -> None:
+    """Replace each ONNX model by a Python-backend model with the same config that answers zeros."""
+    from loadtest.repository import ModelRepository
+
+    models = ModelRepository(repository)
+    for name in MODELS:
+        config = models.read_config(name)
+        config.platform, config.backend = "", "python"
+        models.write_config(config)
+        (models.model_dir(name) / "1" / "model.onnx").unlink()
+        (models.model_dir(name) / "1" / "model.py").write_text(NOOP_MODEL)
 
 
 def input_names(repository: Path, model: str) -> list[str]:
@@ -99,13 +154,14 @@ def input_names(repository: Path, model: str) -> list[str]:
 
 def feeds(names: list[str], rows: int, tokens: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    fill = {"input_ids": rng.integers(5, 2000, size=(rows, tokens), dtype=np.int64),
+    fill = {"input_ids": rng.integers(5, 100, size=(rows, tokens), dtype=np.int64),
             "attention_mask": np.ones((rows, tokens), dtype=np.int64)}
     return {n: fill.get(n, np.zeros((rows, tokens), dtype=np.int64)) for n in names}
 
 
 # ---- raw ONNX Runtime -----------------------------------------------------------------------------
-def raw_samples_per_s(repository: Path, model: str, threads: int, batch: int, tokens: int, seconds: float) -> float:
+def raw_samples_per_s(repository: Path, model: str, threads: int, batch: int, tokens: int, seconds: float) -> tuple[float, float]:
+    """(samples/s, CPU µs per sample) of ONNX Runtime in this process."""
     import onnxruntime as ort
 
     from loadtest.repository import ModelRepository
@@ -118,11 +174,11 @@ def raw_samples_per_s(repository: Path, model: str, threads: int, batch: int, to
     feed = {k: v for k, v in feeds(input_names(repository, model), batch, tokens).items() if k in graph}
     for _ in range(3):
         session.run(None, feed)
-    runs, started = 0, time.perf_counter()
+    runs, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         session.run(None, feed)
         runs += 1
-    return runs * batch / (time.perf_counter() - started)
+    return runs * batch / (time.perf_counter() - started), (time.process_time() - cpu_started) * 1e6 / (runs * batch)
 
 
 # ---- servers --------------------------------------------------------------------------------------
@@ -264,6 +320,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", type=Variant.parse, default=[],
                         help="serving knobs, e.g. instances=2,threads=1,delay_us=2000,spinning=off (repeatable)")
     parser.add_argument("--pytriton", action="store_true", help="also measure the old PyTriton proxy path")
+    parser.add_argument("--noop", action="store_true", help="also measure a no-op Python-backend model (the floor)")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per wrk run")
@@ -272,25 +329,33 @@ def main() -> None:
     parser.add_argument("--raw-threads", type=int, default=2)
     parser.add_argument("--raw-batch", type=int, default=32, help="ONNX Runtime batch (the server's max batch size)")
     parser.add_argument("--raw-seconds", type=float, default=5.0)
+    parser.add_argument("--repository", type=Path, help="an exported teacher/student repository (default: the quick demo pair)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     variants = args.variant or [Variant()]
     if args.pytriton:
         variants.append(Variant(pytriton=True, delay_us=variants[0].delay_us))
+    if args.noop:
+        variants.append(Variant(noop=True, delay_us=variants[0].delay_us))
     if not shutil.which("wrk"):
         sys.exit("wrk not found (Debian: apt-get install wrk)")
 
     work = Path(tempfile.mkdtemp(prefix="serving-efficiency-"))
     loads = [os.getloadavg()[0]]
     try:
-        repositories = {v: demo_repository(work, v) for v in variants}
-        reference = repositories[variants[0]]
+        exported = args.repository or export_demo_pair(work)
+        repositories = {v: variant_repository(exported, work, v) for v in variants}
+        reference = next(r for v, r in repositories.items() if not v.noop)
         raw: dict[str, list[float]] = {m: [] for m in MODELS}
+        raw_cpu: dict[str, list[float]] = {m: [] for m in MODELS}
         served = {v: {m: Served() for m in MODELS} for v in variants}
         for round_index in range(args.rounds):
             for model in MODELS:
-                raw[model].append(raw_samples_per_s(reference, model, args.raw_threads, args.raw_batch, args.tokens, args.raw_seconds))
-                print(f"round {round_index + 1}: raw {model} {raw[model][-1]:,.0f} samples/s (load {os.getloadavg()[0]:.1f})", flush=True)
+                rate, cpu = raw_samples_per_s(reference, model, args.raw_threads, args.raw_batch, args.tokens, args.raw_seconds)
+                raw[model].append(rate)
+                raw_cpu[model].append(cpu)
+                print(f"round {round_index + 1}: raw {model} {rate:,.0f} samples/s, {cpu:,.0f} CPU µs/sample "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
             for variant in variants:
                 with Server(repositories[variant], variant, work) as server:
                     for model in MODELS:
@@ -304,17 +369,17 @@ def main() -> None:
                         loads.append(os.getloadavg()[0])
                         print(f"round {round_index + 1}: {variant.label}: {model} {rps:,.0f} req/s, mean batch {batch:.1f}, "
                               f"errors {errors} (load {loads[-1]:.1f})", flush=True)
-        report(args, variants, raw, served, loads)
+        report(args, variants, raw, raw_cpu, served, loads)
         if args.json:
             args.json.write_text(json.dumps({
-                "raw": raw, "loadavg": loads,
+                "raw": raw, "raw_cpu_us_per_sample": raw_cpu, "loadavg": loads,
                 "served": {v.label: {m: vars(served[v][m]) for m in MODELS} for v in variants},
             }, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(args, variants, raw, served, loads) -> None:
+def report(args, variants, raw, raw_cpu, served, loads) -> None:
     mean = statistics.fmean
     raw_s, raw_t = mean(raw["student"]), mean(raw["teacher"])
     print()
@@ -324,6 +389,8 @@ def report(args, variants, raw, served, loads) -> None:
           f"raw = ONNX Runtime in-process, {args.raw_threads} threads, batch {args.raw_batch}")
     print(f"raw: student {raw_s:,.0f} samples/s ({' / '.join(f'{x:,.0f}' for x in raw['student'])}), "
           f"teacher {raw_t:,.0f} ({' / '.join(f'{x:,.0f}' for x in raw['teacher'])}), student/teacher {raw_s / raw_t:.2f}x")
+    cpu_s, cpu_t = mean(raw_cpu["student"]), mean(raw_cpu["teacher"])
+    print(f"raw CPU per sample: student {cpu_s:,.0f} µs, teacher {cpu_t:,.0f} µs (ratio {cpu_t / cpu_s:.2f}x)")
     for variant in variants:
         s, t = served[variant]["student"], served[variant]["teacher"]
         ss, st = mean(s.rps), mean(t.rps)
@@ -337,8 +404,11 @@ def report(args, variants, raw, served, loads) -> None:
             cpu = {k: mean(d.get(k, 0.0) for d in entry.cpu_us) for k in entry.cpu_us[0]}
             print(f"  {name}: mean batch {mean(entry.batch):.1f}, errors {entry.errors}; per request µs: "
                   + ", ".join(f"{k} {v:,.0f}" for k, v in split.items()))
+            server_cpu = sum(v for k, v in cpu.items() if k != "wrk (client)")
+            raw_per_sample = mean(raw_cpu[name])
             print(f"  {name}: CPU µs per request: " + ", ".join(f"{k} {v:,.0f}" for k, v in cpu.items())
-                  + f"; total {sum(cpu.values()):,.0f}")
+                  + f"; server total {server_cpu:,.0f} = {server_cpu / raw_per_sample:.2f}x raw ORT's {raw_per_sample:,.0f}"
+                  + f" (raw/served CPU efficiency {raw_per_sample / server_cpu:.2f})")
 
 
 if __name__ == "__main__":
