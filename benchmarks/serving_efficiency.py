@@ -10,7 +10,7 @@ neighbour's load on the machine hits both. Prints, per serving variant:
     mean executed batch (nv_inference_count / nv_inference_exec_count),
     where a request's time goes (Triton's queue / compute split, CPU µs per request by process).
 
-Variants (--variant, repeatable) are ``instances=1,threads=2,delay_us=2000,spinning=default``; ``pytriton``
+Variants (--variant, repeatable) are ``instances=1,threads=2,delay_us=2000,spinning=off``; ``pytriton``
 adds the previous path (PyTriton's proxy in front of the same ORT sessions) for comparison.
 Nothing is asserted: the numbers are what was measured.
 
@@ -50,7 +50,7 @@ class Variant:
     instances: int = 1
     threads: int = 0  # ORT intra-op threads per instance; 0: cores / instances
     delay_us: int = 2000
-    spinning: str = "default"  # ORT worker threads busy-wait: default (ORT's: on), on, off
+    spinning: str = "off"  # ORT worker threads busy-wait: off (our default), on, default (ORT's own: on)
     pytriton: bool = False
     noop: bool = False  # a Python-backend model that answers zeros: the server path's floor
 

@@ -17,6 +17,10 @@ def serve(
     intra_op_threads: int = typer.Option(
         0, help="ONNX Runtime threads per instance of an ONNX model (0: the config's intra_op_thread_count, else cores / instance count)."
     ),
+    ort_spinning: bool = typer.Option(
+        False, "--ort-spinning/--no-ort-spinning",
+        help="Let ONNX Runtime's worker threads busy-wait between runs (off: they would take CPU from Triton's own threads).",
+    ),
     log_file: Path = typer.Option(None, help="Where Triton writes its log (default: a file in the temp dir)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Triton verbose logging level."),
 ) -> None:
@@ -41,6 +45,7 @@ def serve(
         address=address,
         pick_free_ports=pick_free_ports,
         intra_op_threads=intra_op_threads or None,
+        allow_spinning=ort_spinning,
         log_verbose=verbose,
         log_file=log_file,
     )

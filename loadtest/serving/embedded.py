@@ -83,7 +83,7 @@ class EmbeddedTriton:
         address: str = "127.0.0.1",
         pick_free_ports: bool = False,
         intra_op_threads: int | None = None,
-        allow_spinning: bool | None = None,
+        allow_spinning: bool | None = False,
         log_verbose: int = 0,
         metrics_interval_ms: int = 1000,
         log_file: Path | str | None = None,
