@@ -76,3 +76,23 @@ def synthetic_log(n: int = 240, seed: int = 0, broken_format: bool = False, stud
     if with_tf:
         per = add_teacher_forced(per, [tf.teacher_forced(lt, ls, y) for lt, ls, y in tf_inputs])
     return per, tf_inputs
+
+
+def write_generative_run(run_dir, n: int = 240, seed: int = 0, resamples: int = 100, **kwargs):
+    """A run directory with generative quality results scored from ``synthetic_log`` (as the eval writes them)."""
+    from loadtest.quality.genscoring import GenScoreSettings, generative_slices, score_generative
+    from loadtest.quality.results import write_quality
+    from loadtest.quality.runner import frozen_set_hash
+
+    per, _ = synthetic_log(n=n, seed=seed, **kwargs)
+    per, specs = generative_slices(per, ["long_prompt", "segment"])
+    table = score_generative(per, specs, GenScoreSettings(n_resamples=resamples))
+    summary = {
+        "task": "text-generation",
+        "models": {"teacher": "teacher", "student": "student"},
+        "slices": [s.to_dict() for s in specs],
+        "frozen_set_sha256": frozen_set_hash(per, ["id", "prompt", "reference"]),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_quality(run_dir, per, table, summary)
+    return run_dir

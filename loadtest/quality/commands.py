@@ -25,6 +25,8 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace quality results already in --run-dir."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for one batch's answer."),
+    group_column: str | None = typer.Option(None, "--group-column", help="Fairness across the groups of this dataset column (e.g. segment): per-group accuracy of both models, the largest gap, and whether distillation widened it."),
+    baseline: str | None = typer.Option(None, "--baseline", help="A previous eval run (directory or run id) on the identical frozen set: per-slice deltas of this student against that one, with McNemar / paired bootstrap. Refused when the set differs."),
 ) -> None:
     """Measure distillation quality through the served teacher and student: agreement, KL, accuracy, ECE, per slice.
 
@@ -34,6 +36,8 @@ def eval_command(
 
     from loadtest.quality.runner import EvalSettings, run_eval
     from loadtest.quality.terminal import render_quality
+
+    from loadtest.quality.results import resolve_run
 
     console = Console(stderr=True)
     settings = EvalSettings(
@@ -52,6 +56,8 @@ def eval_command(
         seed=seed,
         overwrite=overwrite,
         timeout_s=timeout,
+        group_column=group_column,
+        baseline=resolve_run(baseline, results) if baseline else None,
     )
     result = run_eval(settings, console=console)
     out = output_console()
@@ -63,7 +69,7 @@ def eval_command(
 def gate_command(
     run: str = typer.Argument(..., help="Run directory (or run id under results/) holding quality/metrics.csv and/or tables/comparison.csv."),
     policy: Path = typer.Option(..., "--policy", "-p", help="Gate policy YAML (see examples/gate.yaml)."),
-    baseline: str | None = typer.Option(None, "--baseline", help="A previous run: the policy's 'regression' rules compare against it."),
+    baseline: str | None = typer.Option(None, "--baseline", help="A previous run: the policy's 'regression' rules compare against it (default: the run `loadtest eval --baseline` recorded). Refused when its frozen set differs."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write every check as JSON here (for CI artefacts)."),
 ) -> None:
     """Pass or fail a release on a run's figures and a YAML policy: prints each check, exits 0 (pass) or 1 (fail)."""
@@ -82,7 +88,7 @@ def gate_command(
 
     console = output_console()
     styles = {"pass": "green", "fail": "bold red", "warn": "yellow", "not measured": "dim", "skipped": "dim"}
-    table = Table(title=f"Gate: {run_dir} against {policy}" + (f" (baseline {baseline_dir})" if baseline_dir else ""), title_justify="left")
+    table = Table(title=f"Gate: {run_dir} against {policy}" + (f" (baseline {report.baseline})" if report.baseline else ""), title_justify="left")
     table.add_column("status", no_wrap=True)
     table.add_column("metric", no_wrap=True)
     table.add_column("model", no_wrap=True)

@@ -60,6 +60,9 @@ GENERATIVE_METRICS: dict[str, tuple[bool | None, str]] = {
     "judged_equivalence": (True, "the judge says the student's answer means the same as the teacher's (rate)"),
 }
 
+# Figures over a subset of the examples: a slice with none of them has nothing to judge (the gate skips it).
+SUBSET_METRICS = {"format_adherence": "structured prompts", "format_adherence_drop": "structured prompts", "judged_equivalence": "judged examples"}
+
 
 def add_text_scores(per: pd.DataFrame) -> pd.DataFrame:
     """Per-example text scores from ``reference``, the outputs and ``required_keys`` (returns a copy)."""

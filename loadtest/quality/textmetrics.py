@@ -41,18 +41,28 @@ def exact_match(hypothesis: str | None, reference: str | None) -> bool:
     return normalize_whitespace(hypothesis) == normalize_whitespace(reference)
 
 
+def require_extra(module: str):
+    """Import an optional dependency of the quality extra, or say in one line how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        from loadtest.errors import LoadtestError
+
+        raise LoadtestError(
+            f"this needs {module.split('.')[0]} (the 'quality' extra): pip install 'loadtest[quality]'"
+        ) from None
+
+
 @lru_cache(maxsize=1)
 def _chrf():
-    from sacrebleu.metrics import CHRF
-
-    return CHRF()  # char_order=6, word_order=0, beta=2: chrF2
+    return require_extra("sacrebleu.metrics").CHRF()  # char_order=6, word_order=0, beta=2: chrF2
 
 
 @lru_cache(maxsize=1)
 def _rouge():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return require_extra("rouge_score.rouge_scorer").RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def chrf(hypothesis: str | None, reference: str | None) -> float:
