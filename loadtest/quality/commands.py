@@ -27,8 +27,16 @@ def eval_command(
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for one batch's answer."),
     group_column: str | None = typer.Option(None, "--group-column", help="Fairness across the groups of this dataset column (e.g. segment): per-group accuracy of both models, the largest gap, and whether distillation widened it."),
     baseline: str | None = typer.Option(None, "--baseline", help="A previous eval run (directory or run id) on the identical frozen set: per-slice deltas of this student against that one, with McNemar / paired bootstrap. Refused when the set differs."),
+    openai: bool = typer.Option(False, "--openai", help="Generative: --host is an OpenAI-compatible server (vLLM, TensorRT-LLM, SGLang, transformers serve); API key from $OPENAI_API_KEY if set."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="Generative: most tokens per answer (the same for both models; greedy, temperature 0)."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Generative: requests in flight at once while answering."),
+    chat: bool = typer.Option(False, "--chat", help="Generative, OpenAI: ask /v1/chat/completions (prompt as one user message) instead of /v1/completions."),
+    judge: str | None = typer.Option(None, "--judge", help="Generative: judged equivalence by 'teacher' (the served teacher) or an OpenAI-compatible URL (with --judge-model)."),
+    judge_model: str | None = typer.Option(None, "--judge-model", help="The judge's model name on --judge URL."),
+    judge_labels: Path | None = typer.Option(None, "--judge-labels", help="Labels (id, equivalent) to validate the judge; without them judged figures are marked unvalidated."),
+    reference_separator: str = typer.Option(" ", "--reference-separator", help="Generative, teacher-forced: text between the prompt and its reference (as the model's answers begin)."),
 ) -> None:
-    """Measure distillation quality through the served teacher and student: agreement, KL, accuracy, ECE, per slice.
+    """Measure distillation quality through the served teacher and student, per slice: classifiers (agreement, KL, accuracy, ECE) or generators (perplexity, top-1 agreement, KL, exact match, chrF, ROUGE-L, format adherence, judged equivalence).
 
     Sends the evaluation set through both models on Triton (batched), keeps every example's probabilities and writes quality/per_example.parquet, metrics.csv and summary.json. Inputs longer than the repository's max_sequence_length are truncated to it, counted and reported.
     """
@@ -40,6 +48,24 @@ def eval_command(
     from loadtest.quality.results import resolve_run
 
     console = Console(stderr=True)
+    if _is_generative(dataset, repo, openai):
+        import os
+
+        from loadtest.quality.genrunner import GenEvalSettings, run_generative_eval
+
+        gen_settings = GenEvalSettings(
+            dataset=dataset, host=host, openai=openai, repository=repo if repo.is_dir() else None, teacher=teacher, student=student,
+            run_dir=run_dir, results=results, max_tokens=max_tokens, seed=seed, concurrency=concurrency, chat=chat,
+            reference_separator=reference_separator, min_slice_n=min_slice_n, n_resamples=resamples, group_column=group_column,
+            baseline=resolve_run(baseline, results) if baseline else None, judge=judge, judge_model=judge_model,
+            judge_labels=judge_labels, api_key=os.environ.get("OPENAI_API_KEY"), overwrite=overwrite, timeout_s=timeout,
+        )
+        result = run_generative_eval(gen_settings, console=console)
+        out = output_console()
+        render_quality(result, out)
+        out.print(f"quality results: [bold]{result.run_dir / 'quality'}[/]")
+        out.print(f"gate it: loadtest gate {result.run_dir} --policy examples/gate-generative.yaml", highlight=False)
+        return
     settings = EvalSettings(
         dataset=dataset,
         host=host,
@@ -64,6 +90,28 @@ def eval_command(
     render_quality(result, out)
     out.print(f"quality results: [bold]{result.run_dir / 'quality'}[/]")
     out.print(f"gate it: loadtest gate {result.run_dir} --policy examples/gate.yaml", highlight=False)
+
+
+def _is_generative(dataset: Path, repo: Path, openai: bool) -> bool:
+    """A generative evaluation: an OpenAI-compatible server, a text-generation repository, or a prompt/reference set."""
+    import json
+
+    if openai:
+        return True
+    metadata = repo / "loadtest.json"
+    if metadata.is_file():
+        try:
+            if json.loads(metadata.read_text()).get("task") == "text-generation":
+                return True
+        except json.JSONDecodeError:
+            pass
+    from loadtest.quality.dataset import read_table
+
+    try:
+        columns = set(map(str, read_table(dataset).columns))
+    except Exception:  # the classifier path reports the problem in its own words
+        return False
+    return {"prompt", "reference"} <= columns and "text" not in columns
 
 
 def gate_command(

@@ -197,6 +197,10 @@ def quality_section_html(run_dir: Path | str) -> str | None:
     if table is None or summary is None:
         return None
     comparison = store.read_comparison(run_dir)
+    if summary.get("task") == "text-generation":
+        from loadtest.quality.genreport import generative_section_html
+
+        return generative_section_html(table, summary, comparison, store.read_per_example(run_dir))
     findings = derive_findings(table, comparison, fairness=summary.get("fairness"))
     models = summary.get("models", {})
     dataset = summary.get("dataset", {})
