@@ -28,9 +28,12 @@ class LogProbScorer:
         config_path = os.path.join(model_dir, "genai_config.json")
         filename = "model.onnx"
         self.names = {}
+        self.cache_dims = None  # (kv heads, head size) when the config says
         if os.path.isfile(config_path):  # ONNX Runtime GenAI's model builder layout
             decoder = json.load(open(config_path))["model"]["decoder"]
             filename = decoder.get("filename", filename)
+            if "num_key_value_heads" in decoder and "head_size" in decoder:
+                self.cache_dims = (int(decoder["num_key_value_heads"]), int(decoder["head_size"]))
             self.names = dict(decoder.get("inputs", {}))
             self.logits_name = decoder.get("outputs", {}).get("logits", "logits")
         else:
@@ -55,7 +58,11 @@ class LogProbScorer:
                 feed[spec.name] = np.arange(length, dtype=np.int64)[None, :]
             elif "past" in spec.name:  # an empty cache: batch 1, no past tokens
                 shape = [d if isinstance(d, int) else 1 for d in spec.shape]
-                shape[2] = 0
+                if self.cache_dims is not None and len(shape) == 4:
+                    shape[1], shape[3] = self.cache_dims
+                elif len(shape) == 4 and not isinstance(spec.shape[3], int):
+                    raise ValueError(f"cache input '{spec.name}' has a symbolic head size and no genai_config.json says it")
+                shape[0], shape[2] = 1, 0
                 dtype = np.float16 if "float16" in spec.type else np.float32
                 feed[spec.name] = np.zeros(shape, dtype=dtype)
             else:
