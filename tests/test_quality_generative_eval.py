@@ -113,3 +113,18 @@ def test_unknown_group_column_in_a_generative_set(tmp_path):
         assemble_generative(dataset, outputs, None, GenScoreSettings(n_resamples=100), group_column="region")
     assert np.isfinite(assemble_generative(dataset, outputs, None, GenScoreSettings(n_resamples=100)).metrics.value.iloc[0])
     assert isinstance(pd.read_parquet(path), pd.DataFrame)
+
+
+def test_judge_agreement_with_labels(tmp_path):
+    from loadtest.quality.genrunner import _judge_agreement, read_judge_labels
+
+    labels_file = tmp_path / "labels.csv"
+    labels_file.write_text("id,equivalent\ng0,yes\ng1,no\ng2,true\ng3,false\ng9,yes\n")
+    labels = read_judge_labels(labels_file)
+    per = pd.DataFrame({"id": ["g0", "g1", "g2", "g3"], "judge_equivalent": pd.array([True, True, None, False], dtype="boolean")})
+    info = _judge_agreement(per, labels)
+    assert info["validated"] and info["labelled_with_verdict"] == 3 and info["agreement_with_labels"] == pytest.approx(2 / 3)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,equivalent\ng0,perhaps\n")
+    with pytest.raises(LoadtestError, match="perhaps"):
+        read_judge_labels(bad)
