@@ -138,14 +138,19 @@ class OpenAIGenerative:
             self.http.headers["Authorization"] = f"Bearer {api_key}"
 
     def check_ready(self, models: list[str]) -> None:
+        """Reachable and healthy; model names are checked by the first answers (servers load by name on demand)."""
         import requests
 
-        try:
-            response = self.http.get(f"{self.url}/v1/models", timeout=10)
-        except requests.RequestException as exc:
-            raise LoadtestError(f"cannot reach the OpenAI-compatible server at {self.url}: {exc.__class__.__name__}") from None
-        if response.status_code != 200:
-            raise LoadtestError(f"{self.url}/v1/models answered HTTP {response.status_code}: {response.text[:200]}")
+        answers = []
+        for path in ("/v1/models", "/health"):  # some servers (transformers serve) list no models but are healthy
+            try:
+                response = self.http.get(f"{self.url}{path}", timeout=10)
+            except requests.RequestException as exc:
+                raise LoadtestError(f"cannot reach the OpenAI-compatible server at {self.url}: {exc.__class__.__name__}") from None
+            if response.status_code == 200:
+                return
+            answers.append(f"{path}: HTTP {response.status_code}")
+        raise LoadtestError(f"the OpenAI-compatible server at {self.url} is not ready ({'; '.join(answers)})")
 
     def generate(self, model: str, prompt: str, settings: GenerationSettings) -> Generated:
         import requests

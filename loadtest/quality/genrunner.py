@@ -193,6 +193,9 @@ def run_generative_eval(settings: GenEvalSettings, console=None) -> QualityResul
             t0 = time.perf_counter()
             outputs[role] = generate_all(client, names[role], prompts, gen, on_done=lambda k, task=task: progress.advance(task, k))
             timing[f"{role}_generate_s"] = time.perf_counter() - t0
+            failed = [a.error for a in outputs[role] if a.error is not None]
+            if len(failed) == len(prompts):
+                raise LoadtestError(f"the {role} ({names[role]}) answered none of the {len(prompts)} prompts; first error: {failed[0]}")
         if conventions or settings.openai:
             task = progress.add_task("teacher-forced log-probs", total=len(prompts))
             t0 = time.perf_counter()
