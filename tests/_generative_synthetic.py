@@ -82,7 +82,7 @@ def write_generative_run(run_dir, n: int = 240, seed: int = 0, resamples: int = 
     """A run directory with generative quality results scored from ``synthetic_log`` (as the eval writes them)."""
     from loadtest.quality.genscoring import GenScoreSettings, generative_slices, score_generative
     from loadtest.quality.results import write_quality
-    from loadtest.quality.runner import frozen_set_hash
+    from loadtest.quality.dataset import frozen_set_hash
 
     per, _ = synthetic_log(n=n, seed=seed, **kwargs)
     per, specs = generative_slices(per, ["long_prompt", "segment"])

@@ -15,7 +15,8 @@ from loadtest.errors import LoadtestError
 from loadtest.quality.gendataset import GenDataset
 from loadtest.quality.genfindings import derive_generative_findings
 from loadtest.quality.genscoring import GenScoreSettings, add_teacher_forced, add_text_scores, generative_slices, score_generative
-from loadtest.quality.runner import QualityResults, frozen_set_hash
+from loadtest.quality.dataset import frozen_set_hash
+from loadtest.quality.runner import QualityResults
 from loadtest.quality.teacherforced import TeacherForced
 
 GENERATIVE_TASK = "text-generation"

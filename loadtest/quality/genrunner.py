@@ -24,7 +24,8 @@ from loadtest.quality.genassemble import Generated, assemble_generative
 from loadtest.quality.genclient import SCORE_SUFFIX, GenerationSettings, connect, generate_all
 from loadtest.quality.gendataset import load_gen_dataset
 from loadtest.quality.genscoring import GenScoreSettings
-from loadtest.quality.runner import QualityResults, _sha256, frozen_set_hash
+from loadtest.quality.dataset import frozen_set_hash
+from loadtest.quality.runner import QualityResults, _sha256
 from loadtest.quality.teacherforced import TeacherForced, teacher_forced
 
 JUDGE_PROMPT = (

@@ -16,7 +16,7 @@ import pandas as pd
 
 from loadtest.errors import LoadtestError
 from loadtest.quality import metrics as m
-from loadtest.quality.dataset import EncodedInputs, EvalDataset
+from loadtest.quality.dataset import EncodedInputs, EvalDataset, frozen_set_hash
 from loadtest.quality.findings import Finding, FindingThresholds, derive_findings
 from loadtest.quality.scoring import ModelOutputs, ScoreSettings, score, slice_count
 from loadtest.quality.slices import SliceSettings, assign_slices
@@ -194,21 +194,6 @@ def _classifier_fairness_column_error(dataset: EvalDataset, column: str):
     raise LoadtestError(
         f"--group-column '{column}' is not a usable group column" + (f" ({why})" if why else "") + f"; the dataset's group/slice columns: {known}"
     )
-
-
-def frozen_set_hash(frame: pd.DataFrame, columns: list[str]) -> str:
-    """SHA-256 of the evaluation set's content (ids, inputs, labels or references, in order), whatever its file format.
-
-    Version-over-version comparisons refuse two runs whose hashes differ: their figures are not paired.
-    """
-    digest = hashlib.sha256()
-    for column in columns:
-        digest.update(column.encode() + b"\x00")
-        for value in frame[column].tolist():
-            if isinstance(value, (list, tuple, np.ndarray)):
-                value = " ".join(str(int(v)) for v in value)
-            digest.update(str(value).encode() + b"\x1f")
-    return digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:
