@@ -121,6 +121,10 @@ def export(
         help="Causal LMs: greedy-parity prompts, one per line or a .parquet with a 'prompt' column (default: 24 "
         "built-in texts).",
     ),
+    with_tokenizer: bool = typer.Option(
+        False, "--with-tokenizer",
+        help="Also write NAME_text: a Triton ensemble tokenizing BYTES text inside Triton (Python backend), then NAME.",
+    ),
 ) -> None:
     """Export teacher and student to ONNX in a Triton model repository, with parity checks."""
     import time
@@ -183,6 +187,11 @@ def export(
                 teacher, student, repo, settings, names=(teacher_name, student_name), progress=progress, **common
             )
             manifests = list(report.models.values())
+        if with_tokenizer:
+            from exporters.text_ensemble import write_text_ensembles
+
+            progress("writing the text ensembles (tokenizer inside Triton)")
+            write_text_ensembles(repo, [teacher_name] if student is None else [teacher_name, student_name])
         progress("done")
     _print_summary(Console(), repo, manifests, time.perf_counter() - start)
 

@@ -53,6 +53,15 @@ class TransformersServe:
         self.stop()
         raise RuntimeError(f"transformers serve not healthy within {START_TIMEOUT_S}s: {self.log_path}")
 
+    def load(self, model: Path) -> None:
+        """Make the server load ``model`` now (it loads models on their first request, which takes seconds)."""
+        import json
+
+        body = json.dumps({"model": str(model), "prompt": "the", "max_tokens": 1}).encode()
+        request = urllib.request.Request(f"{self.url}/v1/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=START_TIMEOUT_S) as response:
+            response.read()
+
     def received(self) -> dict[str, int]:
         """Requests the server logged as received, per model name as it resolved them."""
         self._log.flush()

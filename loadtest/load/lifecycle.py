@@ -24,7 +24,7 @@ import gevent
 from gevent.event import Event
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
-from transformers import PreTrainedTokenizerFast  # noqa: F401  (loaded once, before --processes forks)
+from tokenizers import Tokenizer  # noqa: F401  (loaded once, before --processes forks)
 
 from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)
@@ -98,7 +98,7 @@ def prepared_requests(protocol: str) -> dict:
             STATE.prepared[protocol] = prepare_requests(context)
             return STATE.prepared[protocol]
         STATE.prepared[protocol] = {
-            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads]
+            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads_for(spec.name)]
             for spec in context.models
         }
     return STATE.prepared[protocol]
@@ -444,7 +444,14 @@ def _models_for_manifest() -> dict | None:
         "teacher": context.teacher if context.teacher in names else None,
         "student": context.student if context.student in names else None,
         "names": names,
-    }
+        # as the server described each model at test start (the inputs the payloads were built for)
+        "served": [
+            {"name": m.name, "version": m.version or (m.versions[-1] if m.versions else None), "platform": m.platform,
+             "max_batch_size": m.max_batch_size, "decoupled": m.decoupled,
+             "inputs": [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in m.inputs]}
+            for m in context.served
+        ],
+    }  # fmt: skip
 
 
 def _base_manifest(environment, options: LoadOptions) -> dict:
@@ -535,7 +542,7 @@ def _prepare_context(environment, options: LoadOptions) -> None:
 
             STATE.context = build_generative_context(options, generation, environment.host)
         else:
-            STATE.context = build_context(options, environment.host)
+            STATE.context = build_context(options, environment.host, tokenizer=generation.tokenizer)
         STATE.context_key = key
         STATE.prepared = {}
         if STATE.role != "master":  # serialise every request once, before the first user needs it
@@ -600,12 +607,26 @@ def _locust_totals(environment) -> dict:
     return {"requests": total.num_requests, "failures": total.num_failures}
 
 
+def _serving_memory() -> dict:
+    """Peak RSS of each model's serving processes when Triton runs on this machine (the footprint table)."""
+    from loadtest.load.serving_memory import serving_memory
+
+    endpoint = STATE.context.endpoint if STATE.context else None
+    if endpoint is None:
+        return {}
+    try:
+        return serving_memory(endpoint.host, endpoint.port)
+    except OSError:  # /proc unreadable (another OS, a container without it): no figure, never a failed test
+        return {}
+
+
 def _finalize(environment) -> None:
     """Local: final snapshot and manifest (every row is written by now)."""
     snapshot_metrics("stop")
     rows = STATE.writer.rows_written if STATE.writer else 0
     STATE.run.update_manifest(
         end=time.time(),
+        serving_footprint=_serving_memory(),
         stages=STATE.board.stages_for_manifest(),
         records={"rows": rows, "workers": {STATE.worker: rows}},
         dropped=_nested(STATE.dropped),
@@ -633,6 +654,7 @@ def _finalize_master(environment, wait_s: float = 3.0) -> None:
         _merge(late, report.get("late", {}))
     STATE.run.update_manifest(
         end=time.time(),
+        serving_footprint=_serving_memory(),
         stages=STATE.board.stages_for_manifest(),
         records={"rows": sum(r.get("rows", 0) for r in reports.values()),
                  "workers": {w: r.get("rows", 0) for w, r in reports.items()},
