@@ -32,13 +32,14 @@ def prompts_for(tokenizer_file: Path, n: int) -> list[list[int]]:
     return [[1, *tok.encode(t, add_special_tokens=False).ids] for t in texts]
 
 
-def og_one(model, ids: list[int], tokens: int) -> tuple[float, float]:
-    """(time to first token, total) of one greedy request through ONNX Runtime GenAI, EOS ignored."""
+def og_one(model, ids: list[int], tokens: int, start: float | None = None) -> tuple[float, float]:
+    """(time to first token, end) of one greedy request through ONNX Runtime GenAI, EOS ignored (min_length),
+    measured from ``start`` (default: now)."""
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
     params.set_search_options(do_sample=False, max_length=len(ids) + tokens, min_length=len(ids) + tokens)
-    start = time.perf_counter()
+    start = time.perf_counter() if start is None else start
     generator = og.Generator(model, params)
     generator.append_tokens(np.asarray(ids, dtype=np.int32))
     first = None
@@ -48,6 +49,8 @@ def og_one(model, ids: list[int], tokens: int) -> tuple[float, float]:
         made += 1
         if first is None:
             first = time.perf_counter() - start
+    if made != tokens:
+        raise RuntimeError(f"ONNX Runtime GenAI stopped after {made} of {tokens} tokens")
     return first or 0.0, time.perf_counter() - start
 
 
@@ -60,7 +63,7 @@ def run_og(model_dir: Path, prompts: list[list[int]], tokens: int, threads: bool
     start = time.perf_counter()
     if threads:
         def work(i: int) -> None:
-            results[i] = og_one(model, prompts[i], tokens)
+            results[i] = og_one(model, prompts[i], tokens, start)
 
         pool = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
         for t in pool:
@@ -68,11 +71,8 @@ def run_og(model_dir: Path, prompts: list[list[int]], tokens: int, threads: bool
         for t in pool:
             t.join()
     else:
-        offset = 0.0
-        for i, ids in enumerate(prompts):
-            ttft, total = og_one(model, ids, tokens)
-            results[i] = (offset + ttft, offset + total)  # as seen by a request queued behind the earlier ones
-            offset += total
+        for i, ids in enumerate(prompts):  # all arrived at start: each waits for the ones before it
+            results[i] = og_one(model, ids, tokens, start)
     return _summary(time.perf_counter() - start, results, tokens)
 
 
@@ -83,7 +83,9 @@ def run_engine(model_dir: Path, prompts: list[list[int]], tokens: int, max_batch
     params = SamplingParams(max_tokens=tokens, ignore_eos=True)
     engine.generate(prompts[0], SamplingParams(max_tokens=4))  # warm-up
     results: list[tuple[float, float]] = [(0.0, 0.0)] * len(prompts)
-    done = threading.Barrier(len(prompts) + 1)
+    left = [len(prompts)]
+    all_done = threading.Event()
+    lock = threading.Lock()
     start = time.perf_counter()
     engine.steps = engine.rows = 0
 
@@ -94,14 +96,17 @@ def run_engine(model_dir: Path, prompts: list[list[int]], tokens: int, max_batch
             now = time.perf_counter() - start
             if state["first"] is None and chunk.tokens:
                 state["first"] = now
-            if chunk.final:
+            if chunk.final:  # runs on the engine's thread: record and return, never block it
                 results[i] = (state["first"] or now, now)
-                done.wait()
+                with lock:
+                    left[0] -= 1
+                    if not left[0]:
+                        all_done.set()
         return callback
 
     for i, ids in enumerate(prompts):
         engine.submit(ids, params, make(i))
-    done.wait()
+    all_done.wait()
     wall = time.perf_counter() - start
     summary = _summary(wall, results, tokens)
     summary["mean_batch"] = engine.rows / max(engine.steps, 1)
@@ -124,18 +129,20 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = args.repo / args.model / "1"
     prompts = prompts_for(model_dir / "tokenizer.json", args.requests)
-    rows = {
-        "ort-genai sequential": run_og(model_dir, prompts, args.tokens, threads=False),
-        "ort-genai threads": run_og(model_dir, prompts, args.tokens, threads=True),
-        "engine max_batch=1": run_engine(model_dir, prompts, args.tokens, max_batch=1),
-        "engine": run_engine(model_dir, prompts, args.tokens, max_batch=args.requests),
+    runs = {
+        "ort-genai sequential": lambda: run_og(model_dir, prompts, args.tokens, threads=False),
+        "ort-genai threads": lambda: run_og(model_dir, prompts, args.tokens, threads=True),
+        "engine max_batch=1": lambda: run_engine(model_dir, prompts, args.tokens, max_batch=1),
+        "engine": lambda: run_engine(model_dir, prompts, args.tokens, max_batch=args.requests),
     }
-    base = rows["ort-genai sequential"]["tokens_per_s"]
     print(f"{args.model}: {args.requests} concurrent requests x {args.tokens} tokens, prompt {len(prompts[0])} tokens")
     print(f"{'loop':24s} {'tokens/s':>9s} {'x seq':>6s} {'mean TTFT ms':>13s} {'mean E2E ms':>12s} {'batch':>6s}")
-    for name, row in rows.items():
+    base = None
+    for name, run in runs.items():
+        row = run()
+        base = base or row["tokens_per_s"]
         print(f"{name:24s} {row['tokens_per_s']:9.0f} {row['tokens_per_s'] / base:6.2f} {row['mean_ttft_ms']:13.1f} "
-              f"{row['mean_e2e_ms']:12.1f} {row.get('mean_batch', float('nan')):6.1f}")
+              f"{row['mean_e2e_ms']:12.1f} {row.get('mean_batch', float('nan')):6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ PARITY_PROMPTS = 20
 @pytest.fixture(scope="session")
 def gen_pair(tmp_path_factory):
     """The quick generative pair, really trained (seconds), cached in the session's temp folder."""
+    import os
+
     from loadtest.genpair import GenSettings, build_or_reuse
 
-    return build_or_reuse(GenSettings.quick(), cache_dir=tmp_path_factory.getbasetemp() / "gencache")
+    # LOADTEST_TEST_CACHE keeps the pair between sessions (development); by default each session builds its own.
+    cache = os.environ.get("LOADTEST_TEST_CACHE") or tmp_path_factory.getbasetemp() / "gencache"
+    return build_or_reuse(GenSettings.quick(), cache_dir=cache)
 
 
 @pytest.fixture(scope="session")
