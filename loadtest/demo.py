@@ -210,6 +210,8 @@ def demo(
     budget_ms: float = typer.Option(100.0, "--budget-ms", help="Latency budget for QPS-at-budget and the verdict."),
     percentile: float = typer.Option(95.0, "--percentile", help="Percentile the budget applies to (95 or 99)."),
     no_quality: bool = typer.Option(False, "--no-quality", help="Skip the quality evaluation through the served models."),
+    generative: bool = typer.Option(False, "--generative", help="The generative demo instead: Llama teacher + distilled student, exported with a KV cache and parity, streamed by Triton, each swept for its capacity under a TTFT+ITL SLO, quality per slice and segment, verdict (docs/generation.md). --quick: the small pair and short steps."),
+    slo: str = typer.Option("ttft_ms=250,itl_ms=25", "--slo", help="--generative: the SLO both models are swept against, at P95."),
 ) -> None:
     """Build a teacher/student pair, export, serve on an embedded Triton, sweep both to their QPS at the budget, evaluate quality, report.
 
@@ -217,6 +219,20 @@ def demo(
     """
     from loadtest.errors import LoadtestError
 
+    if generative:
+        from loadtest.analysis.generative import SLO
+        from loadtest.gendemo import GenDemoOptions, run_generative_demo
+
+        objective = SLO.parse(slo)
+        if objective is None or objective.ttft_ms is None or objective.itl_ms is None:
+            raise LoadtestError("--slo needs both bounds: ttft_ms=N,itl_ms=N")
+        overrides = dict(repository=repo if repo != Path("model_repository") else Path("model_repository_gen"),
+                         results=results, cache_dir=cache_dir, ttft_ms=objective.ttft_ms, itl_ms=objective.itl_ms,
+                         quality=not no_quality)
+        if step_seconds:
+            overrides["step_seconds"] = step_seconds
+        run_generative_demo(GenDemoOptions.quick_preset(**overrides) if quick else GenDemoOptions(**overrides))
+        return
     if protocol not in ("http", "grpc"):
         raise LoadtestError(f"--protocol must be http or grpc, not {protocol!r}")
     overrides = dict(repository=repo, results=results, cache_dir=cache_dir, protocol=protocol, budget_ms=budget_ms,
