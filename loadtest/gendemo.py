@@ -3,7 +3,7 @@
 Build (or reuse) the generative pair -> export both to ONNX with a KV cache, parity-checked, as decoupled
 streaming models (plus the scoring models for teacher-forced quality) -> serve them on the embedded Triton ->
 sweep each model alone for the highest arrival rate whose P95 TTFT and P95 ITL meet the SLO (open loop,
-Triton gRPC streaming, fixed output length) -> evaluate quality through the served models on the frozen
+Triton's HTTP generate_stream, fixed output length) -> evaluate quality through the served models on the frozen
 evaluation split (per slice and per segment) -> analyze -> verdict: how much more arrival rate the student
 sustains under the same SLO, with the intervals the search bracketed. Nothing here is simulated.
 """
@@ -94,15 +94,15 @@ def run_generative_demo(options: GenDemoOptions, console=None) -> Path:
         server.start()
     try:
         console.print(f"Triton READY on {server.http_url} (gRPC {server.grpc_url})")
-        load_args = ("--api", "triton-grpc", "--tokenizer", str(options.repository / "tokenizer.json"),
+        load_args = ("--api", "triton-generate", "--tokenizer", str(options.repository / "tokenizer.json"),
                      "--dataset", str(pair.eval_path), "--text-column", "prompt",
                      "--output-lengths", f"fixed:{options.output_tokens}", "--ignore-eos")
         console.print(f"sweeping teacher then student, each alone, for {slo.describe()} at P95: open-loop steps "
                       f"from {settings.start:g} req/s, ×{settings.growth:g} then bisection to ±{settings.tolerance:.0%}")
         outcome = run_generative_sweep(
-            GenerativeTarget(server.grpc_url, load_args), settings, ["teacher", "student"],
+            GenerativeTarget(server.http_url, load_args), settings, ["teacher", "student"],
             {"teacher": "teacher", "student": "student"},
-            {"api": "triton-grpc", "output_lengths": f"fixed:{options.output_tokens}", "ignore_eos": True},
+            {"api": "triton-generate", "output_lengths": f"fixed:{options.output_tokens}", "ignore_eos": True},
             results_dir=options.results, console=console)
         run_dir = outcome.run_dir
         if options.quality:

@@ -1,0 +1,39 @@
+"""The generative demo: its capacity verdict, and the quick form end to end (build, export, serve, sweep, quality)."""
+
+from __future__ import annotations
+
+import io
+import json
+from types import SimpleNamespace
+
+from loadtest.analysis.generative import SLO
+from loadtest.gendemo import GenDemoOptions, capacity_verdict, run_generative_demo
+
+
+def _result(low, high):
+    return SimpleNamespace(best=SimpleNamespace(rate=low) if low is not None else None, failing_rate=high)
+
+
+def test_capacity_verdict_gives_the_ratio_and_its_interval_from_the_brackets():
+    slo = SLO(ttft_ms=250, itl_ms=25)
+    line = capacity_verdict(_result(4.0, 5.0), _result(8.0, 10.0), slo)
+    assert "2.00× the teacher's arrival rate (more)" in line and "[1.60×, 2.50×]" in line
+    assert "open" in capacity_verdict(_result(4.0, None), _result(8.0, None), slo)
+    assert "no capacity for the teacher" in capacity_verdict(_result(None, 1.0), _result(8.0, 10.0), slo)
+
+
+def test_quick_generative_demo_end_to_end(gen_pair, tmp_path):
+    from rich.console import Console
+
+    options = GenDemoOptions.quick_preset(repository=tmp_path / "repo", results=tmp_path / "results",
+                                          cache_dir=gen_pair.root.parent.parent)
+    run_dir = run_generative_demo(options, console=Console(file=io.StringIO(), width=140))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    results = manifest["sweep"]["results"]
+    assert set(results) == {"teacher", "student"} and all(r["steps"] for r in results.values())
+    assert (run_dir / "report.html").is_file() and (run_dir / "tables" / "capacity_verdict.txt").is_file()
+    assert (run_dir / "tables" / "capacity_verdict.txt").read_text().startswith("Verdict:")
+    summary = json.loads((run_dir / "quality" / "summary.json").read_text())
+    assert summary["task"] == "text-generation"
+    export = json.loads((tmp_path / "repo" / "export_manifest.json").read_text())
+    assert all(m["parity"]["passed"] for m in export["models"].values())
