@@ -1,5 +1,5 @@
 """Generative load against real servers: ``transformers serve`` (OpenAI-compatible) and a decoupled model
-on the embedded Triton over gRPC streaming and HTTP generate_stream.
+on the embedded Triton (a standard Python-backend ``model.py``) over gRPC streaming and HTTP generate_stream.
 
 Every run is a real headless ``locust`` child for a few seconds. Checks (issue #10): records reconcile
 with the server's own counts (``transformers serve``'s request log; Triton's
@@ -41,8 +41,8 @@ def openai_server(llm_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def triton_llm():
-    server = TritonLLM()
+def triton_llm(tmp_path_factory):
+    server = TritonLLM(tmp_path_factory.mktemp("triton-llm"))
     yield server
     server.stop()
 
