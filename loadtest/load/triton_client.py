@@ -60,6 +60,7 @@ class PreparedRequest:
     batch_size: int
     tokens: int
     output_name: str | None
+    model_version: str = ""  # "" = the server's version policy
 
 
 def _modules(protocol: str):
@@ -70,7 +71,7 @@ def _modules(protocol: str):
     return module
 
 
-def prepare_request(protocol: str, spec: ModelSpec, payload: Payload) -> PreparedRequest:
+def prepare_request(protocol: str, spec: ModelSpec, payload: Payload, model_version: str = "") -> PreparedRequest:
     """Build ``InferInput``s for one model and payload (binary tensors; read-only afterwards, so shareable)."""
     from tritonclient.utils import np_to_triton_dtype
 
@@ -89,7 +90,7 @@ def prepare_request(protocol: str, spec: ModelSpec, payload: Payload) -> Prepare
         outputs = [module.InferRequestedOutput(name, binary_data=True) for name in spec.outputs]
     # Rows are checked against the batch only where the model has a batch dimension.
     checked_output = spec.outputs[0] if spec.outputs and spec.max_batch_size > 0 else None
-    return PreparedRequest(spec.name, inputs, outputs, payload.batch_size, payload.tokens, checked_output)
+    return PreparedRequest(spec.name, inputs, outputs, payload.batch_size, payload.tokens, checked_output, model_version)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -139,9 +140,11 @@ class TritonClient:
     def _call(self, request: PreparedRequest):
         if self.protocol == "grpc":
             return self._client.infer(
-                request.model, request.inputs, outputs=request.outputs, client_timeout=self.timeout_s
+                request.model, request.inputs, model_version=request.model_version, outputs=request.outputs,
+                client_timeout=self.timeout_s,
             )
-        return self._client.infer(request.model, request.inputs, outputs=request.outputs)
+        return self._client.infer(request.model, request.inputs, model_version=request.model_version,
+                                  outputs=request.outputs)  # fmt: skip
 
     def _send(self, request: PreparedRequest, stage: str, loop: str, intended: float | None, tolerance: float) -> bool:
         """Send, measure, and report one request; runs in its own greenlet (see ``infer``)."""
