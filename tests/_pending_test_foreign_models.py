@@ -43,7 +43,7 @@ def _expected_server_counts(records) -> dict[str, int]:
     for ensemble, steps in ENSEMBLE_STEPS.items():
         for step in steps:
             expected[step] = expected.get(step, 0) + own.get(ensemble, 0)
-    return expected
+    return {model: n for model, n in expected.items() if n}
 
 
 def _reconcile(run, before: dict, metrics_url: str) -> "object":
