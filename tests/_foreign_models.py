@@ -173,6 +173,7 @@ SOURCES = {
     "char_classifier": CHAR_CLASSIFIER,
 }
 FOREIGN_MODELS = tuple(CONFIGS)
+ENSEMBLE_STEPS = {"text_classifier": ("text_to_codes", "char_classifier")}  # each ensemble request counts on both
 
 
 def write_foreign_repository(root: Path) -> Path:

@@ -15,13 +15,12 @@ import sys
 import time
 
 import pytest
-from _foreign_models import labelled_texts, write_foreign_repository
+from _foreign_models import ENSEMBLE_STEPS, labelled_texts, write_foreign_repository
 from _load_helpers import success_delta, triton_success
 
 from loadtest.load.runner import run_locust
 
 TIMEOUT_S = 150
-ENSEMBLE_STEPS = {"text_classifier": ("text_to_codes", "char_classifier")}
 
 
 @pytest.fixture(scope="module")
