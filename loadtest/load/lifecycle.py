@@ -608,12 +608,26 @@ def _locust_totals(environment) -> dict:
     return {"requests": total.num_requests, "failures": total.num_failures}
 
 
+def _serving_memory() -> dict:
+    """Peak RSS of each model's serving processes when Triton runs on this machine (the footprint table)."""
+    from loadtest.load.serving_memory import serving_memory
+
+    endpoint = STATE.context.endpoint if STATE.context else None
+    if endpoint is None:
+        return {}
+    try:
+        return serving_memory(endpoint.host, endpoint.port)
+    except OSError:  # /proc unreadable (another OS, a container without it): no figure, never a failed test
+        return {}
+
+
 def _finalize(environment) -> None:
     """Local: final snapshot and manifest (every row is written by now)."""
     snapshot_metrics("stop")
     rows = STATE.writer.rows_written if STATE.writer else 0
     STATE.run.update_manifest(
         end=time.time(),
+        serving_footprint=_serving_memory(),
         stages=STATE.board.stages_for_manifest(),
         records={"rows": rows, "workers": {STATE.worker: rows}},
         dropped=_nested(STATE.dropped),
@@ -641,6 +655,7 @@ def _finalize_master(environment, wait_s: float = 3.0) -> None:
         _merge(late, report.get("late", {}))
     STATE.run.update_manifest(
         end=time.time(),
+        serving_footprint=_serving_memory(),
         stages=STATE.board.stages_for_manifest(),
         records={"rows": sum(r.get("rows", 0) for r in reports.values()),
                  "workers": {w: r.get("rows", 0) for w, r in reports.items()},
