@@ -248,3 +248,24 @@ def encode(dataset: EvalDataset, tokenizer, max_length: int) -> EncodedInputs:
         token_types = None
     sent = np.array([len(ids) for ids in input_ids], dtype=np.int64)
     return EncodedInputs(input_ids, token_types, input_tokens, sent, input_tokens > sent)
+
+
+def frozen_set_hash(frame: pd.DataFrame, columns: list[str]) -> str:
+    """SHA-256 of the evaluation set's content (ids, inputs, labels or references, in order), whatever its file format.
+
+    Version-over-version comparisons refuse two runs whose hashes differ: their figures are not paired.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for column in columns:
+        digest.update(column.encode() + b"\x00")
+        for value in frame[column].tolist():
+            if isinstance(value, (list, tuple, np.ndarray)):
+                array = np.asarray(value)
+                if array.ndim == 1 and np.issubdtype(array.dtype, np.integer):  # token ids, as hashed so far
+                    value = " ".join(str(int(v)) for v in value)
+                else:  # a model's own input values (floats, several dims)
+                    value = json.dumps(array.tolist())
+            digest.update(str(value).encode() + b"\x1f")
+    return digest.hexdigest()
