@@ -287,7 +287,8 @@ def print_figures(a: GenerativeAnalysis, console) -> None:
     """The per-model table (whole run after warm-up): requests, tokens/s, TTFT/ITL/E2E percentiles, goodput."""
     from rich.table import Table
 
-    table = Table(title="per model (whole run after warm-up; TTFT, ITL, E2E in ms)" + (f" — SLO {a.slo.describe()}" if a.slo else ""),
+    slo = f" — SLO {a.slo.describe()}" if a.slo else ""
+    table = Table(title=f"per model (whole run after warm-up; TTFT, ITL, E2E in ms){slo}",
                   title_justify="left", header_style="bold cyan")  # fmt: skip
     cols = [("model", "model"), ("requests", "requests"), ("req/s", "requests_per_s"),
             ("out tok/s", "output_tokens_per_s"), ("TTFT P50", "ttft_p50_ms"), ("TTFT P95", "ttft_p95_ms"),
