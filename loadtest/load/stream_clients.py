@@ -433,11 +433,9 @@ class GrpcStreamClient(StreamingClient):
                     healthy = answer.error is None
                     return
         finally:
-            if healthy:
-                self.idle.append(slot)
-            else:
+            if not healthy:  # an error or a timeout leaves the stream in an unknown state: a fresh one next time
                 slot.reset()
-                self.idle.append(slot)
+            self.idle.append(slot)
 
     def close(self) -> None:
         for slot in self.all:
