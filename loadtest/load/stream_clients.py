@@ -376,6 +376,13 @@ class _GrpcStream:
             self.client.close()
         except Exception:
             pass
+        # tritonclient's __del__ would close it again at exit: a second gevent gRPC channel close can block
+        # the exiting load generator (seen with TritonClient), so closed once is enough.
+        self.client.close = _closed
+
+
+def _closed() -> None:
+    """Stands in for a closed tritonclient's ``close``."""
 
 
 class GrpcStreamClient(StreamingClient):
