@@ -43,7 +43,7 @@ class LiveRun:
 @pytest.fixture(scope="module")
 def live_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("dashboards-generative")
-    triton = TritonLLM(delay_s=0.005)
+    triton = TritonLLM(workdir, delay_s=0.005)
     client_port = free_port()
     try:
         targets = prom.static_targets(triton=[f"127.0.0.1:{triton.metrics_port}"], clients=[f"127.0.0.1:{client_port}"])

@@ -1,5 +1,5 @@
 """Generative load against real servers: ``transformers serve`` (OpenAI-compatible) and a decoupled model
-on the embedded Triton over gRPC streaming and HTTP generate_stream.
+on the embedded Triton (a standard Python-backend ``model.py``) over gRPC streaming and HTTP generate_stream.
 
 Every run is a real headless ``locust`` child for a few seconds. Checks (issue #10): records reconcile
 with the server's own counts (``transformers serve``'s request log; Triton's
@@ -41,8 +41,8 @@ def openai_server(llm_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def triton_llm():
-    server = TritonLLM()
+def triton_llm(tmp_path_factory):
+    server = TritonLLM(tmp_path_factory.mktemp("triton-llm"))
     yield server
     server.stop()
 
@@ -124,10 +124,19 @@ def test_openai_completions_open_loop_and_whole_answers(openai_server, llm_model
     assert (frame["latency_s"] >= frame["service_time_s"] - 1e-9).all()  # from the intended send time
     assert (frame["output_tokens"] == OUT_TOKENS).all()
 
-    run = _run(tmp_path, "llm.py", openai_server.url, _llm_args("openai-completions", teacher, tokenizer=teacher,
-               extra=("--no-stream",)), users=1, run_time=2)  # fmt: skip
-    frame = _frame(run)
-    assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
+    from typer.testing import CliRunner
+
+    from loadtest.cli import app
+    from loadtest.load.records import read_records
+
+    result = CliRunner().invoke(app, ["run", "llm", "--host", openai_server.url, "--api", "openai-completions",
+                                      "--models", teacher, "--tokenizer", teacher, "--lengths", "uniform:6:20",
+                                      "--output-lengths", f"fixed:{OUT_TOKENS}", "--no-stream", "-u", "1", "-t", "2s",
+                                      "--metrics-port", "0", "--results-dir", str(tmp_path / "cli"), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "TTFT P50" in result.output and "out tok/s" in result.output
+    (run_dir,) = (tmp_path / "cli").iterdir()
+    frame = read_records(run_dir).to_pandas()
     assert frame["ttft_s"].isna().all() and (frame["output_tokens"] == OUT_TOKENS).all()
     assert (frame["chunks"] == 1).all() and frame["success"].all()
 
@@ -218,9 +227,12 @@ def misbehaving_server():
 
 
 def test_bad_streams_are_recorded_failures_with_the_servers_text(misbehaving_server, llm_models, tmp_path):
-    run = _run(tmp_path, "llm.py", misbehaving_server, _llm_args("openai-completions", *BAD_STREAMS,
-               tokenizer=llm_models[0], extra=("--warmup-requests", "0")), users=1, run_time=2)  # fmt: skip
+    # the whole scenarios/ folder: with --api only the LLM users run (one closed-loop user, one open-loop driver)
+    run = _run(tmp_path, "", misbehaving_server, _llm_args("openai-completions", *BAD_STREAMS,
+               tokenizer=llm_models[0], extra=("--warmup-requests", "0", "--arrival-rate", "2")), users=2,
+               run_time=2)  # fmt: skip
     frame = _frame(run)
+    assert set(frame["scenario"]) == {"LLMStreamUser", "LLMOpenLoopDriver"}
     assert set(frame["model"]) == set(BAD_STREAMS) and not frame["success"].any()
     errors = frame.groupby("model")["error"].first().to_dict()
     assert errors["cut"].startswith("stream cut off")

@@ -91,7 +91,7 @@ def assemble(
     per = pd.DataFrame({"id": frame["id"]})
     if "text" in frame.columns:
         per["text"] = frame["text"]
-    else:
+    elif "input_ids" in frame.columns:
         per["input_ids"] = frame["input_ids"]
     per["input_tokens"] = encoded.input_tokens
     per["n_tokens"] = encoded.sent_tokens
@@ -167,7 +167,7 @@ def assemble(
         },
         "headline": headline,
         "findings": [f.to_dict() for f in findings],
-        "frozen_set_sha256": frozen_set_hash(frame, ["id", "text" if "text" in frame.columns else "input_ids", "label"]),
+        "frozen_set_sha256": frozen_set_hash(frame, ["id", *_input_columns(dataset), "label"]),
     }
     if fairness is not None:
         summary["fairness"] = fairness
@@ -207,6 +207,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _input_columns(dataset) -> list[str]:
+    """The columns that identify an example's input: text, token ids, or the model's own input columns."""
+    if dataset.has_text:
+        return ["text"]
+    return ["input_ids"] if "input_ids" in dataset.frame else dataset.tensor_columns
+
+
 def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     """Send the evaluation set through teacher and student on Triton and write ``<run>/quality/``."""
     from rich.console import Console
@@ -216,7 +223,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     from loadtest.load.preflight import check_server
     from loadtest.load.settings import parse_endpoint
     from loadtest.quality.client import TritonEvaluator, served_model
-    from loadtest.quality.dataset import encode, load_dataset, text_only
+    from loadtest.quality.dataset import encode, load_dataset, tensors_only, text_only
     from loadtest.repository import METADATA_FILE, ModelRepository
     from loadtest.tokenizer import FastTokenizer
 
@@ -248,11 +255,12 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     )  # fmt: skip
     by_name = {model.name: model for model in checked.models}
     served = {role: served_model(by_name[name]) for role, name in names.items()}
-    dataset = load_dataset(settings.dataset, labels)
+    tensor_columns = tuple(dict.fromkeys(n for m in served.values() if m.feed == "tensors" for n, _ in m.inputs))
+    dataset = load_dataset(settings.dataset, labels, tensor_columns)
     if settings.baseline is not None:  # refuse a baseline on another set before any request is sent
         from loadtest.quality.baseline import load_baseline
 
-        load_baseline(settings.baseline, frozen_set_hash(dataset.frame, ["id", "text" if dataset.has_text else "input_ids", "label"]))
+        load_baseline(settings.baseline, frozen_set_hash(dataset.frame, ["id", *_input_columns(dataset), "label"]))
     if settings.group_column is not None and settings.group_column not in dataset.slice_columns:
         _classifier_fairness_column_error(dataset, settings.group_column)
     tokenizer = None
@@ -260,15 +268,21 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
         tokenizer = FastTokenizer.from_path(settings.tokenizer, max_length)
     elif metadata is not None and dataset.has_text:
         tokenizer = repository.load_tokenizer()
-    needs_tokens = any(not model.takes_text for model in served.values())
+    needs_tokens = any(model.feed == "tokens" for model in served.values())
     if needs_tokens and dataset.has_text and tokenizer is None:
         raise LoadtestError(
             "the evaluation set holds text and a model takes token ids: give the tokenizer (--tokenizer tokenizer.json "
             "or a repository with loadtest.json), or an 'input_ids' column"
         )
-    if not needs_tokens and not dataset.has_text:
-        raise LoadtestError("both models take text (a BYTES input): the evaluation set needs a 'text' column")
-    encoded = encode(dataset, tokenizer, max_length) if tokenizer is not None or not dataset.has_text else text_only(dataset)
+    if any(m.feed == "text" for m in served.values()) and not dataset.has_text:
+        raise LoadtestError("a model takes text (a BYTES input): the evaluation set needs a 'text' column")
+    if needs_tokens:
+        encoded = encode(dataset, tokenizer, max_length)
+    elif dataset.has_text:
+        encoded = encode(dataset, tokenizer, max_length) if tokenizer is not None else text_only(dataset)
+    else:
+        encoded = tensors_only(dataset)
+    tensors = {name: list(dataset.frame[name]) for name in tensor_columns} if tensor_columns else None
     texts = dataset.frame["text"].astype(str).tolist() if dataset.has_text else None
     if encoded.truncated.any() and needs_tokens:
         console.print(
@@ -295,7 +309,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 t0 = time.perf_counter()
                 logits[role] = client.logits(
                     model, encoded, settings.batch_size, pad_id, on_batch=lambda rows, task=task: progress.advance(task, rows),
-                    texts=texts,
+                    texts=texts, tensors=tensors,
                 )
                 timing[f"{role}_s"] = time.perf_counter() - t0
             run_dir = settings.run_dir
@@ -338,7 +352,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 "path": str(dataset.path),
                 "sha256": _sha256(dataset.path),
                 "rows": len(dataset),
-                "input": "text" if dataset.has_text else "input_ids",
+                "input": "text" if dataset.has_text else ("input_ids" if "input_ids" in dataset.frame else list(tensor_columns)),
             },
             "truncation": (
                 f"inputs longer than {max_length} tokens are truncated to it by the repository's tokenizer"
