@@ -145,6 +145,9 @@ class DecoderModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        # Worker threads that busy-wait between the many small decode steps burn the cores the load generator
+        # and the other instance need (the embedded server's ONNX models turn it off for the same reason).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(os.fspath(model_dir / decoder["filename"]), sess_options=options,
                                             providers=list(providers or ["CPUExecutionProvider"]))
         self._outputs = [self.logits_name, *self.present_names]
