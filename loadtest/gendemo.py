@@ -36,7 +36,7 @@ class GenDemoOptions:
 
     @classmethod
     def quick_preset(cls, **overrides) -> GenDemoOptions:
-        base = dict(quick=True, output_tokens=16, step_seconds=4.0, warmup_seconds=1.0, max_steps=5, min_requests=8,
+        base = dict(quick=True, output_tokens=16, step_seconds=5.0, warmup_seconds=1.0, max_steps=5, min_requests=20,
                     sweep_start=4.0, eval_limit=60)
         return cls(**{**base, **overrides})
 
