@@ -173,12 +173,13 @@ def plan(
     from loadtest.analysis.plan import plan as make_plan
     from loadtest.analysis.plan import plan_frame, saving_line
     from loadtest.analysis.views import who
+    from loadtest.rundir import RunDir
 
     console = output_console()
     with console.status(f"reading capacity from {run_dir}"):
         analysis = compute(run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance)
     rows = make_plan(analysis, peak_qps, headroom)
-    folder = analysis.run_dir / "tables"
+    folder = RunDir(analysis.run_dir).tables_dir
     folder.mkdir(exist_ok=True)
     frame = plan_frame(rows)
     frame.to_csv(folder / "plan.csv", index=False)

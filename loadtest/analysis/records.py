@@ -1,4 +1,7 @@
-"""Reading a run directory: the union of every process's record shards plus the run's manifest.
+"""The analyzer's view of a run directory: every record as a DataFrame, plus the manifest's stages.
+
+The files themselves (layout, record schema, shard reading, manifest) are ``loadtest.rundir``'s; this
+module turns them into what the analyzer computes on: roles, stages, dropped sends, windows.
 
 The analyzer trusts nothing it has not checked: a missing directory, a run without records, a shard that
 is not Parquet or lacks a schema column, or a run where every request failed is a one-line
@@ -7,7 +10,6 @@ is not Parquet or lacks a schema column, or a run where every request failed is 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,26 +19,8 @@ import numpy as np
 import pandas as pd
 
 from loadtest.errors import LoadtestError
+from loadtest.rundir import read_manifest, read_records, records_frame, shard_paths
 
-# docs/architecture.md, "Record schema": column -> pandas dtype after loading.
-RECORD_SCHEMA: dict[str, str] = {
-    "intended_start": "float64",
-    "start": "float64",
-    "end": "float64",
-    "latency_s": "float64",
-    "service_time_s": "float64",
-    "model": "string",
-    "protocol": "string",
-    "batch_size": "int32",
-    "tokens": "int64",
-    "success": "bool",
-    "error": "string",
-    "stage": "string",
-    "loop": "string",
-    "late": "bool",
-    "worker": "string",
-    "scenario": "string",
-}
 ALL_STAGES = "(all)"
 
 
@@ -92,59 +76,19 @@ class RunData:
         return float(value) if isinstance(value, (int, float)) else float(self.records["end"].max())
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """``manifest.json`` as a dict; a run without one is still analysable (records carry the essentials)."""
-    path = run_dir / "manifest.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LoadtestError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise LoadtestError(f"{path}: expected a JSON object")
-    return data
-
-
-def _check_run_dir(run_dir: Path) -> list[Path]:
+def _read_run(run_dir: Path) -> pd.DataFrame:
+    """Every shard's rows as a DataFrame, or a one-line LoadtestError for what a user can get wrong."""
     if not run_dir.exists():
         raise LoadtestError(f"run directory {run_dir} does not exist")
     if not run_dir.is_dir():
         raise LoadtestError(f"{run_dir} is not a directory (expected a run directory under results/)")
-    shards = sorted((run_dir / "records").glob("*.parquet"))
+    shards = shard_paths(run_dir)
     if not shards:
         raise LoadtestError(f"{run_dir} has no request records (records/*.parquet): did the load test run?")
-    return shards
-
-
-def read_records(shards: list[Path]) -> pd.DataFrame:
-    """Concatenate every shard (several processes, several flushes) and enforce the record schema."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    tables = []
-    for shard in shards:
-        try:
-            table = pq.read_table(shard)
-        except (OSError, pa.ArrowException) as exc:
-            raise LoadtestError(f"{shard}: not a readable Parquet record shard ({str(exc).splitlines()[0]})") from None
-        missing = [c for c in RECORD_SCHEMA if c not in table.column_names]
-        if missing:
-            raise LoadtestError(f"{shard}: record shard lacks column(s) {', '.join(missing)}")
-        if table.num_rows:
-            tables.append(table.select(list(RECORD_SCHEMA)))
-    if not tables:
+    table = read_records(run_dir)
+    if table.num_rows == 0:
         raise LoadtestError(f"{shards[0].parent} holds {len(shards)} record shard(s) but no requests")
-    table = pa.concat_tables(tables, promote_options="permissive")
-    frame = table.to_pandas()
-    for column, dtype in RECORD_SCHEMA.items():
-        if dtype == "string":
-            frame[column] = frame[column].astype("string")
-        elif dtype == "bool":
-            frame[column] = frame[column].fillna(False).astype(bool)
-        else:
-            frame[column] = frame[column].astype(dtype)
-    return frame
+    return records_frame(table)
 
 
 def _roles(manifest: dict[str, Any], found: list[str]) -> tuple[str | None, str | None]:
@@ -210,9 +154,8 @@ def _dropped(manifest: dict[str, Any]) -> dict[tuple[str, str], int]:
 def load_run(run_dir: Path | str) -> RunData:
     """Load a run directory; raises LoadtestError (one line) for anything a user can get wrong."""
     run_dir = Path(run_dir)
-    shards = _check_run_dir(run_dir)
+    records = _read_run(run_dir)
     manifest = read_manifest(run_dir)
-    records = read_records(shards)
     ok = int(records["success"].sum())
     if ok == 0:
         errors = records["error"].dropna()

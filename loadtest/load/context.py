@@ -10,34 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loadtest.endpoint import Endpoint, parse_endpoint
 from loadtest.errors import LoadtestError
 from loadtest.load.payloads import Payload, PayloadSpec, build_payloads
-from loadtest.load.settings import Endpoint, LoadOptions, parse_endpoint
-from loadtest.repository import TRITON_TO_NUMPY, ModelRepository
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model as the client needs it: input names and dtypes, output names, largest batch."""
-
-    name: str
-    inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype name)
-    outputs: tuple[str, ...]
-    max_batch_size: int
-
-
-def model_specs(repository: ModelRepository, names: list[str]) -> list[ModelSpec]:
-    """Specs of ``names`` from their config.pbtxt in ``repository``."""
-    specs = []
-    for name in names:
-        config = repository.read_config(name)
-        inputs = []
-        for tensor in config.input:
-            if tensor.data_type not in TRITON_TO_NUMPY:
-                raise LoadtestError(f"model '{name}': input '{tensor.name}' has a data type loadtest cannot fill")
-            inputs.append((tensor.name, TRITON_TO_NUMPY[tensor.data_type]))
-        specs.append(ModelSpec(name, tuple(inputs), tuple(t.name for t in config.output), config.max_batch_size))
-    return specs
+from loadtest.load.settings import LoadOptions
+from loadtest.modelspec import ModelSpec, repository_specs
+from loadtest.repository import ModelRepository
 
 
 @dataclass(frozen=True)
@@ -65,7 +43,7 @@ def build_context(options: LoadOptions, host: str | None) -> LoadContext:
             "a local copy of the repository Triton serves (for the tokenizer and the models' inputs)"
         )
     metadata = repository.read_metadata()
-    models = model_specs(repository, options.model_names(metadata))
+    models = repository_specs(repository, options.model_names(metadata))
     for spec in models:
         if spec.max_batch_size and options.batch_size > spec.max_batch_size:
             raise LoadtestError(

@@ -6,8 +6,9 @@ in memory and a flusher writes them out at least every second as ``records/<work
 (written to a hidden temporary name, then renamed, so a reader never sees half a file). ``close()``
 writes the rest: the row count then equals the number of requests the process sent.
 
-The schema is a contract (docs/architecture.md, "Record schema"). Never imports Locust or gevent; the
-caller decides where the flush runs (a real thread here, gevent's thread pool under Locust).
+The schema, the shard naming rules and the reader live in ``loadtest.rundir`` (the run-directory
+contract); this module only buffers and writes. Never imports Locust or gevent; the caller decides
+where the flush runs (a real thread here, gevent's thread pool under Locust).
 """
 
 from __future__ import annotations
@@ -15,76 +16,17 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from loadtest.rundir import RECORDS_DIR, Record, rows_to_table, write_shard
 
-RECORDS_DIR = "records"
 FLUSH_INTERVAL_S = 1.0
-
-SCHEMA = pa.schema(
-    [
-        pa.field("intended_start", pa.float64(), nullable=False),
-        pa.field("start", pa.float64(), nullable=False),
-        pa.field("end", pa.float64(), nullable=False),
-        pa.field("latency_s", pa.float64(), nullable=False),
-        pa.field("service_time_s", pa.float64(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("protocol", pa.string(), nullable=False),
-        pa.field("batch_size", pa.int32(), nullable=False),
-        pa.field("tokens", pa.int64(), nullable=False),
-        pa.field("success", pa.bool_(), nullable=False),
-        pa.field("error", pa.string(), nullable=True),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("loop", pa.string(), nullable=False),
-        pa.field("late", pa.bool_(), nullable=False),
-        pa.field("worker", pa.string(), nullable=False),
-        pa.field("scenario", pa.string(), nullable=False),
-    ]
-)
-COLUMNS = tuple(SCHEMA.names)
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One request as the schema stores it (field order = column order)."""
-
-    intended_start: float
-    start: float
-    end: float
-    latency_s: float
-    service_time_s: float
-    model: str
-    protocol: str
-    batch_size: int
-    tokens: int
-    success: bool
-    error: str | None
-    stage: str
-    loop: str
-    late: bool
-    worker: str
-    scenario: str
-
-
-assert COLUMNS == tuple(Record.__slots__), "Record fields must follow SCHEMA"
-_as_tuple = attrgetter(*COLUMNS)
+RECORD_KEY = "loadtest_record"  # a request event's context carries its Record under this key
 
 
 def worker_id() -> str:
     """``<hostname>-<pid>``: unique per load-generator process, also across machines."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def rows_to_table(rows: list[Record]) -> pa.Table:
-    """Rows as an Arrow table with exactly SCHEMA's types."""
-    columns = list(zip(*map(_as_tuple, rows))) if rows else [[] for _ in COLUMNS]
-    return pa.Table.from_arrays(
-        [pa.array(col, type=f.type) for col, f in zip(columns, SCHEMA)], schema=SCHEMA
-    )
 
 
 class RecordWriter:
@@ -129,12 +71,8 @@ class RecordWriter:
         """
         if not rows:
             return None
-        table = rows_to_table(rows)
         self._seq += 1
-        path = self.directory / f"{self.worker}-{self._seq:06d}.parquet"
-        tmp = self.directory / f".{path.name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
+        path = write_shard(self.directory, f"{self.worker}-{self._seq:06d}.parquet", rows_to_table(rows))
         self.rows_written += len(rows)
         self.shards.append(path)
         return path
@@ -161,17 +99,3 @@ class RecordWriter:
         self.flush()
         self.closed = True
         return self.rows_written
-
-
-def shard_paths(run_dir: Path | str) -> list[Path]:
-    """Completed shard files of a run (temporary files are hidden and never listed)."""
-    directory = Path(run_dir) / RECORDS_DIR
-    return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-
-
-def read_records(run_dir: Path | str) -> pa.Table:
-    """All records of a run (every process, every worker) as one table with SCHEMA."""
-    paths = shard_paths(run_dir)
-    if not paths:
-        return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in paths])

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.errors import LoadtestError
-from loadtest.load.rundir import DEFAULT_RESULTS_DIR, RunDir, create_run_dir
+from loadtest.rundir import DEFAULT_RESULTS_DIR, RunDir, create_run_dir
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 LOG_FILE = "locust.log"
@@ -84,7 +84,7 @@ class LocustRun:
 
     def records(self):
         """The raw per-request records of every process (a pyarrow Table)."""
-        from loadtest.load.records import read_records
+        from loadtest.rundir import read_records
 
         return read_records(self.run_dir)
 

@@ -1,4 +1,4 @@
-"""The load generator's settings: the option table, their typed view, and the Triton endpoint.
+"""The load generator's settings: the option table and their typed view.
 
 Why separate from ``options`` (which registers them with Locust): the runner, the CLI and the tests
 read the same table without importing Locust. ``LoadOptions.from_namespace`` turns Locust's parsed
@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from loadtest.endpoint import parse_endpoint
 from loadtest.errors import LoadtestError
 from loadtest.load.client_metrics import DEFAULT_METRICS_PORT
-from loadtest.load.rundir import DEFAULT_RESULTS_DIR
-
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_GRPC_PORT = 8001
-DEFAULT_TRITON_METRICS_PORT = 8002
+from loadtest.rundir import DEFAULT_RESULTS_DIR
 
 # (flag, env var, default, type, help); order = order in `locust --help` and in the web UI.
 OPTIONS: list[tuple[str, str, object, type, str]] = [
@@ -59,52 +55,6 @@ OPTIONS: list[tuple[str, str, object, type, str]] = [
     ("--gpu-metrics-url", "LOADTEST_GPU_METRICS_URL", "", str, "GPU exporter /metrics to snapshot likewise."),
     ("--request-timeout", "LOADTEST_REQUEST_TIMEOUT", 60.0, float, "Network timeout of one request, seconds."),
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where Triton is and how to talk to it."""
-
-    protocol: str  # http | grpc
-    host: str
-    port: int
-    ssl: bool = False
-
-    @property
-    def address(self) -> str:
-        """``host:port`` as tritonclient wants it (no scheme)."""
-        return f"{self.host}:{self.port}"
-
-
-def parse_endpoint(host: str | None, protocol: str = "auto") -> Endpoint:
-    """Protocol and address from ``--host`` and ``--protocol`` (the option wins over the scheme)."""
-    if not host:
-        raise LoadtestError("no Triton host: pass --host http://HOST:8000 or --host grpc://HOST:8001")
-    protocol = (protocol or "auto").lower()
-    if protocol not in ("auto", "http", "grpc"):
-        raise LoadtestError(f"--protocol must be auto, http or grpc, got '{protocol}'")
-    parts = urlsplit(host if "://" in host else f"//{host}")
-    scheme = (parts.scheme or "").lower()
-    if scheme not in ("", "http", "https", "grpc", "grpcs"):
-        raise LoadtestError(f"--host {host}: scheme must be http, https, grpc or grpcs")
-    if protocol == "auto":
-        protocol = "grpc" if scheme.startswith("grpc") else "http"
-    if not parts.hostname:
-        raise LoadtestError(f"--host {host} has no host name")
-    try:
-        port = parts.port
-    except ValueError:
-        raise LoadtestError(f"--host {host} has an invalid port") from None
-    default_port = DEFAULT_GRPC_PORT if protocol == "grpc" else DEFAULT_HTTP_PORT
-    return Endpoint(protocol, parts.hostname, port or default_port, ssl=scheme in ("https", "grpcs"))
-
-
-def default_triton_metrics_url(host: str | None) -> str | None:
-    """Triton's metrics endpoint on the same host, port 8002."""
-    if not host:
-        return None
-    parts = urlsplit(host if "://" in host else f"//{host}")
-    return f"http://{parts.hostname}:{DEFAULT_TRITON_METRICS_PORT}/metrics" if parts.hostname else None
 
 
 @dataclass(frozen=True)
@@ -168,9 +118,15 @@ class LoadOptions:
         return list(dict.fromkeys([metadata.teacher, metadata.student]))
 
     def triton_metrics(self, host: str | None) -> str | None:
+        """--triton-metrics-url, else Triton's metrics port on the load's host (None: no snapshots)."""
         if self.triton_metrics_url.lower() == "none":
             return None
-        return self.triton_metrics_url or default_triton_metrics_url(host)
+        if self.triton_metrics_url:
+            return self.triton_metrics_url
+        try:
+            return parse_endpoint(host, self.protocol).metrics_url
+        except LoadtestError:
+            return None
 
     def gpu_metrics(self) -> str | None:
         return None if self.gpu_metrics_url.lower() in ("", "none") else self.gpu_metrics_url

@@ -23,12 +23,13 @@ import gevent
 import locust  # noqa: F401  (gevent monkey-patching happens here, before gRPC is set up)
 from gevent import GreenletExit
 
+from loadtest.endpoint import Endpoint
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.clock import CLOCK
-from loadtest.load.context import ModelSpec
 from loadtest.load.payloads import Payload, model_arrays
-from loadtest.load.records import Record
-from loadtest.load.settings import Endpoint
+from loadtest.load.records import RECORD_KEY
+from loadtest.modelspec import ModelSpec
+from loadtest.rundir import Record
 
 _GRPC_READY = False
 
@@ -188,7 +189,7 @@ class TritonClient:
             response_time=latency * 1000.0,
             response_length=request.tokens,
             exception=TritonRequestError(error) if error is not None else None,
-            context={"loadtest_record": record},
+            context={RECORD_KEY: record},
             start_time=record.intended_start,
         )
         return error is None

@@ -14,8 +14,9 @@ test stops) is *dropped* and counted. Latency runs from the intended time, so a 
 in the percentiles instead of slowing the schedule down (coordinated omission, as wrk2 and k6's
 constant-arrival-rate executor avoid it).
 
-Payloads are prepared once per process (``lifecycle.prepared_requests``) and shared read-only by the
-users; a user only picks the next one.
+Payloads are prepared once per process (``LoadProcess.prepared_requests``) and shared read-only by the
+users; a user only picks the next one. Each user takes the process state from the environment Locust
+gives it (``process_of``), once in ``on_start``, and keeps the stage board as its own attribute.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from gevent.pool import Group
 from locust import User, constant, task
 from locust.exception import StopUser
 
-from loadtest.load import lifecycle
+from loadtest.load import lifecycle  # noqa: F401  (registers the test's listeners: run dir, records, metrics)
 from loadtest.load.clock import CLOCK
+from loadtest.load.process import LoadProcess, process_of
 from loadtest.load.triton_client import TritonClient
 
 log = logging.getLogger("loadtest")
@@ -41,21 +43,27 @@ _DRIVER_NUMBERS = itertools.count()
 DRIVER_POLL_S = 0.05  # how often a waiting driver or send re-checks the stage board
 
 
-def _start_client(user: User, concurrency: int) -> tuple[TritonClient, dict]:
-    """The user's client and the shared prepared requests, or StopUser if the test could not start."""
-    context = lifecycle.current_context()
-    if context is None or lifecycle.STATE.error is not None:
+def _process(user: User) -> LoadProcess:
+    """The process state for this test, or StopUser if the test could not start."""
+    process = process_of(user.environment)
+    if process is None or not process.ready:
         raise StopUser()
+    return process
+
+
+def _start_client(user: User, process: LoadProcess, concurrency: int) -> tuple[TritonClient, dict]:
+    """The user's client and the shared prepared requests."""
+    context = process.context
     client = TritonClient(
         context.endpoint,
         user.environment.events.request,
         scenario=type(user).__name__,
-        worker=lifecycle.STATE.worker,
+        worker=process.worker,
         concurrency=concurrency,
         timeout_s=context.options.request_timeout,
-        metrics=lifecycle.STATE.metrics,
+        metrics=process.metrics,
     )
-    return client, lifecycle.prepared_requests(context.endpoint.protocol)
+    return client, process.prepared_requests(context.endpoint.protocol)
 
 
 class TritonUser(User):
@@ -66,11 +74,11 @@ class TritonUser(User):
     send_to_all_models = False  # ABTritonUser: the same payload to every model at once
 
     def on_start(self) -> None:
-        context = lifecycle.current_context()
-        if context is None:
-            raise StopUser()
+        process = _process(self)
+        context = process.context
+        self.board = process.board
         self.models = context.model_names
-        self.client, self.requests = _start_client(self, len(self.models) if self.send_to_all_models else 1)
+        self.client, self.requests = _start_client(self, process, len(self.models) if self.send_to_all_models else 1)
         self.n_payloads = len(next(iter(self.requests.values())))
         number = next(_USER_NUMBERS)
         rng = np.random.default_rng([context.options.seed, number])
@@ -89,7 +97,7 @@ class TritonUser(User):
 
     @task
     def infer(self) -> None:
-        stage = lifecycle.STATE.board.label
+        stage = self.board.label
         if not self.send_to_all_models:
             model = self.models[self.turn]
             self.turn = (self.turn + 1) % len(self.models)
@@ -116,14 +124,16 @@ class OpenLoopUser(User):
 
     abstract = True
     wait_time = constant(0)
+    open_loop = True  # lifecycle counts these drivers to split the arrival rate
 
     def on_start(self) -> None:
-        context = lifecycle.current_context()
-        if context is None:
-            raise StopUser()
+        process = _process(self)
+        context = process.context
+        self.process = process
+        self.board = process.board
         self.options = context.options
         self.models = context.model_names
-        self.client, self.requests = _start_client(self, self.options.max_in_flight * len(self.models))
+        self.client, self.requests = _start_client(self, process, self.options.max_in_flight * len(self.models))
         self.n_payloads = len(next(iter(self.requests.values())))
         self.number = next(_DRIVER_NUMBERS)
         worker_index = max(getattr(self.environment.runner, "worker_index", 0), 0)
@@ -144,15 +154,15 @@ class OpenLoopUser(User):
         return 1.0 / rate
 
     def _set_offered(self, rate: float | None) -> None:
-        lifecycle.set_offered_rate(self.number, self.models, rate)
+        self.process.set_offered_rate(self.number, self.models, rate)
 
     def _send(self, model: str, request, intended: float, stage: str, version: int) -> None:
         """One scheduled send: wait for a slot (late beyond the tolerance), dropped if its stage ends first."""
-        board = lifecycle.STATE.board
+        board = self.board
         slot = self.slots[model]
         while not slot.acquire(timeout=DRIVER_POLL_S):
             if self.stopping or board.version != version:
-                lifecycle.count_dropped(model, stage)
+                self.process.count_dropped(model, stage)
                 return
         try:
             self.client.infer(request, stage=stage, loop="open", intended=intended,
@@ -162,7 +172,7 @@ class OpenLoopUser(User):
 
     @task
     def drive(self) -> None:
-        board = lifecycle.STATE.board
+        board = self.board
         try:
             while board.drivers is None:  # until spawning completes and the rate's split is known
                 gevent.sleep(DRIVER_POLL_S)

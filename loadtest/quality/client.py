@@ -9,54 +9,28 @@ INT64 ``input_ids`` / ``attention_mask`` / ``token_type_ids`` as the model's con
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import numpy as np
 
+from loadtest.endpoint import parse_endpoint
 from loadtest.errors import LoadtestError
+from loadtest.modelspec import ModelSpec
 from loadtest.quality.dataset import EncodedInputs
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """What the client needs to know about one model: from the repository's config.pbtxt."""
-
-    name: str
-    inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype)
-    output: str
-    max_batch_size: int  # 0: the model takes no batch dimension of its own, one example per request
-
-
-def describe_model(repository, name: str) -> ServedModel:
-    """Read a model's inputs, output and max_batch_size from ``config.pbtxt`` (via ModelRepository)."""
-    from loadtest.repository import tensor_specs
-
-    config = repository.read_config(name)
-    inputs = tensor_specs(config.input)
-    unknown = [spec.name for spec in inputs if spec.name not in KNOWN_INPUTS]
+def describe_model(repository, name: str) -> ModelSpec:
+    """A model's spec from ``config.pbtxt``, checked for what a text-classifier client can build."""
+    spec = ModelSpec.from_config(repository.read_config(name), name)
+    unknown = [input_name for input_name in spec.input_names if input_name not in KNOWN_INPUTS]
     if unknown:
         raise LoadtestError(f"model '{name}' takes inputs {unknown} that a text classifier client cannot build (known: {', '.join(KNOWN_INPUTS)})")
-    if not any(spec.name == "input_ids" for spec in inputs):
+    if "input_ids" not in spec.input_names:
         raise LoadtestError(f"model '{name}' has no 'input_ids' input in its config.pbtxt")
-    outputs = [spec.name for spec in tensor_specs(config.output)]
-    if not outputs:
+    if spec.primary_output is None:
         raise LoadtestError(f"model '{name}' declares no output in its config.pbtxt")
-    output = "logits" if "logits" in outputs else outputs[0]
-    return ServedModel(name, tuple((s.name, s.dtype) for s in inputs), output, int(config.max_batch_size))
-
-
-def parse_host(host: str) -> tuple[str, str]:
-    """``http://h:p`` / ``grpc://h:p`` / ``h:p`` -> (protocol, "h:p")."""
-    parsed = urlparse(host if "://" in host else f"http://{host}")
-    if parsed.scheme not in ("http", "grpc"):
-        raise LoadtestError(f"--host {host!r}: use http://HOST:PORT (or grpc://HOST:PORT)")
-    if not parsed.hostname:
-        raise LoadtestError(f"--host {host!r} names no host")
-    port = parsed.port or (8001 if parsed.scheme == "grpc" else 8000)
-    return parsed.scheme, f"{parsed.hostname}:{port}"
+    return spec
 
 
 class TritonEvaluator:
@@ -64,7 +38,8 @@ class TritonEvaluator:
 
     def __init__(self, host: str, timeout_s: float = 120.0):
         self.host = host
-        self.protocol, self.address = parse_host(host)
+        self.endpoint = parse_endpoint(host)
+        self.protocol, self.address = self.endpoint.protocol, self.endpoint.address
         self.timeout_s = timeout_s
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
@@ -73,10 +48,10 @@ class TritonEvaluator:
         self._module = client_module
         try:
             if self.protocol == "grpc":
-                self._client = client_module.InferenceServerClient(self.address)
+                self._client = client_module.InferenceServerClient(self.address, ssl=self.endpoint.ssl)
             else:
                 self._client = client_module.InferenceServerClient(
-                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s
+                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s, ssl=self.endpoint.ssl
                 )
         except Exception as exc:  # malformed address and the like
             raise LoadtestError(f"cannot create a Triton client for {host}: {exc}") from None
@@ -113,7 +88,7 @@ class TritonEvaluator:
 
     def logits(
         self,
-        model: ServedModel,
+        model: ModelSpec,
         encoded: EncodedInputs,
         batch_size: int,
         pad_id: int = 0,
@@ -131,7 +106,7 @@ class TritonEvaluator:
             out = self._infer(model, arrays)
             if out.ndim != 2 or out.shape[0] != len(rows):
                 raise LoadtestError(
-                    f"model '{model.name}' returned '{model.output}' of shape {list(out.shape)} for a batch of {len(rows)};"
+                    f"model '{model.name}' returned '{model.primary_output}' of shape {list(out.shape)} for a batch of {len(rows)};"
                     " expected [batch, num_labels]"
                 )
             if result is None:
@@ -144,7 +119,7 @@ class TritonEvaluator:
         assert result is not None
         return result
 
-    def _batch_arrays(self, model: ServedModel, encoded: EncodedInputs, rows: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+    def _batch_arrays(self, model: ModelSpec, encoded: EncodedInputs, rows: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
         length = int(max(encoded.sent_tokens[rows]))
         ids = np.full((len(rows), length), pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
@@ -158,7 +133,7 @@ class TritonEvaluator:
         built = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: built[name].astype(dtype) for name, dtype in model.inputs}
 
-    def _infer(self, model: ServedModel, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    def _infer(self, model: ModelSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
         from tritonclient.utils import np_to_triton_dtype
 
         inputs = []
@@ -170,12 +145,12 @@ class TritonEvaluator:
                 tensor.set_data_from_numpy(array, binary_data=True)
             inputs.append(tensor)
         if self.protocol == "grpc":
-            outputs = [self._module.InferRequestedOutput(model.output)]
+            outputs = [self._module.InferRequestedOutput(model.primary_output)]
             response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s)
         else:
-            outputs = [self._module.InferRequestedOutput(model.output, binary_data=True)]
+            outputs = [self._module.InferRequestedOutput(model.primary_output, binary_data=True)]
             response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs)
-        out = response.as_numpy(model.output)
+        out = response.as_numpy(model.primary_output)
         if out is None:
-            raise LoadtestError(f"model '{model.name}' returned no '{model.output}' output")
+            raise LoadtestError(f"model '{model.name}' returned no '{model.primary_output}' output")
         return np.asarray(out, dtype=np.float64)

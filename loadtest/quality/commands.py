@@ -73,7 +73,7 @@ def gate_command(
     from rich.table import Table
 
     from loadtest.quality.gate import evaluate_gate, format_value, load_policy
-    from loadtest.quality.results import resolve_run
+    from loadtest.rundir import resolve_run
 
     gate_policy = load_policy(policy)
     run_dir = resolve_run(run)
