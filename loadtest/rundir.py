@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from operator import attrgetter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,20 @@ RECORD_COLUMNS: tuple[Column, ...] = (
     Column("late", pa.bool_(), "open loop: left more than the tolerance after its intended time"),
     Column("worker", pa.string(), "<hostname>-<pid> of the process that sent it"),
     Column("scenario", pa.string(), "scenario / user class name"),
+    # Generative requests only (null for classifiers and for rows written before these columns existed).
+    Column("ttft_s", pa.float64(), "streamed: first chunk with output text - start (open loop: intended start)",
+           nullable=True, omittable=True),
+    Column("input_tokens", pa.int64(), "prompt tokens (the server's count, else the client tokenizer's)",
+           nullable=True, omittable=True),
+    Column("output_tokens", pa.int64(), "output tokens (server usage count, else the tokenizer on the text; never chunks)",
+           nullable=True, omittable=True),
+    Column("token_count_source", pa.string(), "server or tokenizer: where output_tokens came from",
+           nullable=True, omittable=True),
+    Column("chunks", pa.int32(), "chunks that carried output text (1 for a whole answer)", nullable=True, omittable=True),
+    Column("chunk_gap_mean_s", pa.float64(), "streamed: mean gap between consecutive text chunks",
+           nullable=True, omittable=True),
+    Column("chunk_gap_max_s", pa.float64(), "streamed: largest gap between consecutive text chunks",
+           nullable=True, omittable=True),
 )
 
 SCHEMA = pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in RECORD_COLUMNS])
@@ -310,45 +325,86 @@ def write_shard(directory: Path, name: str, table: pa.Table) -> Path:
     return path
 
 
-def conform(table: pa.Table, where: object) -> pa.Table:
-    """A shard's table in SCHEMA's column order and types.
-
-    A missing nullable column (a shard written before the column existed) becomes nulls; a missing
-    required column or an impossible cast is a one-line LoadtestError naming ``where``.
-    """
-    missing = [c.name for c in RECORD_COLUMNS if c.name not in table.column_names and not c.nullable]
+def _require_columns(names: Sequence[str], where: object, columns: Sequence[str] = COLUMNS) -> None:
+    """A shard must carry every required column (nullable ones may be missing: added after it was written)."""
+    missing = [c.name for c in RECORD_COLUMNS if c.name in columns and c.name not in names and not c.nullable]
     if missing:
         raise LoadtestError(f"{where}: record shard lacks column(s) {', '.join(missing)}")
-    arrays = []
-    for field in SCHEMA:
-        if field.name in table.column_names:
-            arrays.append(table.column(field.name))
+
+
+def _target_type(name: str, dictionary: Sequence[str]) -> pa.DataType:
+    kind = SCHEMA.field(name).type
+    return pa.dictionary(pa.int32(), kind) if name in dictionary else kind
+
+
+def conform(table: pa.Table, where: object, columns: Sequence[str] = COLUMNS, dictionary: Sequence[str] = ()) -> pa.Table:
+    """``columns`` of a shard's table in SCHEMA's types (``dictionary`` columns dictionary-encoded).
+
+    A missing nullable column (a shard written before the column existed) becomes nulls, a null in a
+    required boolean reads as False; a missing required column or an impossible cast is a one-line
+    LoadtestError naming ``where``.
+    """
+    _require_columns(table.column_names, where, columns)
+    import pyarrow.compute as pc
+
+    arrays, fields = [], []
+    for name in columns:
+        spec = SCHEMA.field(name)
+        target = _target_type(name, dictionary)
+        if name not in table.column_names:
+            column = pa.nulls(table.num_rows, type=target)
         else:
-            arrays.append(pa.nulls(table.num_rows, type=field.type))
-    try:
-        return pa.Table.from_arrays(arrays, names=list(COLUMNS)).cast(SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-        raise LoadtestError(f"{where}: record shard does not fit the record schema ({str(exc).splitlines()[0]})") from None
+            column = table.column(name)
+            try:
+                column = column if column.type == target else column.cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise LoadtestError(f"{where}: column {name} does not fit the record schema ({str(exc).splitlines()[0]})") from None
+            if not spec.nullable and pa.types.is_boolean(target) and column.null_count:
+                column = pc.fill_null(column, False)
+        arrays.append(column)
+        fields.append(pa.field(name, target, nullable=spec.nullable))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-def read_shard(path: Path) -> pa.Table:
-    """One shard, checked and conformed to SCHEMA."""
+def read_shard(path: Path, columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()) -> pa.Table:
+    """One shard, checked against the whole schema, with ``columns`` (default: all) conformed to it."""
+    columns = list(columns or COLUMNS)
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"not record columns: {unknown}")
     try:
-        table = pq.read_table(path)
+        handle = pq.ParquetFile(path, read_dictionary=[c for c in dictionary if c in columns] or None)
+        names = handle.schema_arrow.names
+        _require_columns(names, path)  # the whole schema, also when only a few columns are read
+        table = handle.read(columns=[c for c in columns if c in names])
     except (OSError, pa.ArrowException) as exc:
         raise LoadtestError(f"{path}: not a readable Parquet record shard ({str(exc).splitlines()[0]})") from None
-    return conform(table, path)
+    return conform(table, path, columns, dictionary)
 
 
-def read_records(run_dir: Path | str) -> pa.Table:
-    """Every record of a run (all processes, all flushes) as one table with SCHEMA (empty if none)."""
-    tables = [read_shard(p) for p in shard_paths(run_dir)]
-    return pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+def read_records(run_dir: Path | str, columns: Sequence[str] | None = None, dictionary: Sequence[str] = ()) -> pa.Table:
+    """Every record of a run (all processes, all flushes) as one table (empty if none).
+
+    ``columns``: read only these (a reader that needs a few columns of millions of rows reads no more);
+    ``dictionary``: string columns with few distinct values, read dictionary-encoded (pandas Categorical).
+    """
+    columns = list(columns or COLUMNS)
+    tables = [read_shard(p, columns, dictionary) for p in shard_paths(run_dir)]
+    if not tables:
+        return pa.schema([pa.field(c, _target_type(c, dictionary), SCHEMA.field(c).nullable) for c in columns]).empty_table()
+    return pa.concat_tables(tables)
 
 
 def records_frame(table: pa.Table):
-    """A records table as a pandas DataFrame with PANDAS_DTYPES."""
-    frame = table.to_pandas()
-    for column, dtype in PANDAS_DTYPES.items():
-        frame[column] = frame[column].astype(dtype)
+    """A records table as a pandas DataFrame: PANDAS_DTYPES, dictionary columns as Categoricals of str."""
+    import pandas as pd
+
+    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    for column in frame.columns:
+        values = frame[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            # categories as plain str: comparisons with str model/stage names and str() of values just work
+            frame[column] = values.cat.rename_categories([str(c) for c in values.cat.categories])
+        elif str(values.dtype) != PANDAS_DTYPES[column]:
+            frame[column] = values.astype(PANDAS_DTYPES[column])
     return frame

@@ -64,6 +64,8 @@ def base_manifest(environment, process: LoadProcess, options: LoadOptions) -> di
         "models": _models(process),
         "payloads": context.payload_description if context else None,
         "settings": options.settings(),
+        "workload": "generative" if process.generative else "classifier",
+        "generation": context.generation.settings() if process.generative else None,
         "locust": {
             "users": getattr(parsed, "num_users", None),
             "spawn_rate": getattr(parsed, "spawn_rate", None),

@@ -29,7 +29,7 @@ from loadtest.load import options as _options  # noqa: F401  (registers the comm
 from loadtest.load.client_metrics import metrics_port_for
 from loadtest.load.finalize import base_manifest, finalize_local, finalize_master, run_kind, wait_for_final_reports
 from loadtest.load.flushing import RecordFlusher
-from loadtest.load.options import load_options
+from loadtest.load.options import load_generation_options, load_options
 from loadtest.load.process import DRIVERS_MESSAGE, ENVIRONMENT_ATTRIBUTE, STAGE_MESSAGE, LoadProcess
 from loadtest.load.records import RecordWriter, worker_id
 from loadtest.load.settings import LoadOptions
@@ -167,6 +167,23 @@ def _wait_for_workers_on_quit(runner, extra_wait_s: float = 30.0) -> None:
     runner.quit = quit
 
 
+def _select_workload(environment) -> None:
+    """``--api`` set: only the LLM (generative) users run; unset: only the classifier users.
+
+    So ``locust -f scenarios/`` loads every scenario and runs the ones that fit the server named.
+    """
+    generative = load_generation_options(environment).enabled
+    classes = environment.user_classes
+    keep = [c for c in classes if bool(getattr(c, "generative", False)) == generative]
+    if classes and not keep:
+        kind = "LLM users (without --api)" if not generative else "classifier users (with --api)"
+        names = ", ".join(c.__name__ for c in classes)
+        raise LoadtestError(f"the selected user classes ({names}) are {kind}: "
+                            + ("add --api" if not generative else "pick an LLM user or drop --api"))
+    if len(keep) != len(classes):
+        classes[:] = keep
+
+
 @events.init.add_listener
 def on_init(environment, runner=None, **_kw) -> None:
     runner = runner or environment.runner
@@ -181,6 +198,11 @@ def on_init(environment, runner=None, **_kw) -> None:
     PROCESS.user_spawn_rate = getattr(parsed, "spawn_rate", None)
     if getattr(parsed, "reset_stats", False) and PROCESS.role != "worker":
         log.warning("loadtest: --reset-stats makes Locust forget the ramp-up; the records keep every request")
+    try:
+        _select_workload(environment)
+    except LoadtestError as exc:
+        log.error("loadtest: %s", exc)
+        raise SystemExit(2) from None
     if PROCESS.role != "worker":
         try:
             _select_shape(environment)
@@ -205,7 +227,7 @@ def on_init(environment, runner=None, **_kw) -> None:
 
 def _prepare(environment, options: LoadOptions) -> None:
     PROCESS.host = environment.host
-    if PROCESS.prepare(options, environment.host):
+    if PROCESS.prepare(options, load_generation_options(environment), environment.host):
         # Building blocks the event loop for a moment: refresh its cached clock, or timers set next
         # (Locust's -t among them) would count the blocked time as already elapsed.
         gevent.get_hub().loop.update_now()

@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from loadtest.errors import LoadtestError
+from loadtest.generative.settings import GenerationOptions
+from loadtest.generative.timing import itl_s
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.context import LoadContext, build_context
 from loadtest.load.records import RECORD_KEY, RecordWriter, worker_id
@@ -57,16 +59,29 @@ class LoadProcess:
 
     # ---- the test's context -------------------------------------------------------------------
     @property
+    def generative(self) -> bool:
+        """The test drives an LLM API (``--api``) rather than a classifier."""
+        return bool(getattr(self.context, "generative", False))
+
+    @property
     def ready(self) -> bool:
         """Users may start: the context is built and the test did not fail to start."""
         return self.context is not None and self.error is None
 
-    def prepare(self, options: LoadOptions, host: str | None) -> bool:
-        """Build the context for ``options`` and ``host`` (once per distinct pair); True if it was rebuilt."""
-        key = (options, host)
+    def prepare(self, options: LoadOptions, generation: GenerationOptions, host: str | None) -> bool:
+        """Build the context for the options and ``host`` (once per distinct set); True if it was rebuilt.
+
+        ``generation.enabled`` (``--api``): a generative context (prompts, the LLM API), else a classifier's.
+        """
+        key = (options, generation, host)
         if self.context is not None and self.context_key == key:
             return False
-        self.context = build_context(options, host)
+        if generation.enabled:
+            from loadtest.generative.context import build_generative_context
+
+            self.context = build_generative_context(options, generation, host)
+        else:
+            self.context = build_context(options, host)
         self.context_key = key
         self.prepared = {}
         if self.role != "master":  # serialise every request once, before the first user needs it
@@ -80,6 +95,11 @@ class LoadProcess:
         if protocol not in self.prepared:
             if self.context is None:
                 raise LoadtestError("the test's context is not built yet")
+            if self.generative:
+                from loadtest.load.stream_clients import prepare_requests as prepare_streaming
+
+                self.prepared[protocol] = prepare_streaming(self.context)
+                return self.prepared[protocol]
             self.prepared[protocol] = {
                 spec.name: [prepare_request(protocol, spec, payload) for payload in self.context.payloads]
                 for spec in self.context.models
@@ -125,6 +145,10 @@ class LoadProcess:
             return
         writer.append(record)
         self.metrics.observe(record.model, record.protocol, record.success, record.latency_s, record.tokens)
+        if record.output_tokens is not None and record.success:
+            self.metrics.observe_generation(record.model, record.protocol, record.ttft_s,
+                                            itl_s(record.latency_s, record.ttft_s, record.output_tokens),
+                                            record.output_tokens)  # fmt: skip
         if record.late:
             self.late[(record.model, record.stage)] += 1
             self.metrics.late_sends.labels(record.model).inc()

@@ -78,12 +78,16 @@ class TritonUser(User):
         context = process.context
         self.board = process.board
         self.models = context.model_names
-        self.client, self.requests = _start_client(self, process, len(self.models) if self.send_to_all_models else 1)
+        self.client, self.requests = self.start_client(process, len(self.models) if self.send_to_all_models else 1)
         self.n_payloads = len(next(iter(self.requests.values())))
         number = next(_USER_NUMBERS)
         rng = np.random.default_rng([context.options.seed, number])
         self.cursor = int(rng.integers(self.n_payloads))  # users start at different payloads
         self.turn = number % len(self.models)
+
+    def start_client(self, process: LoadProcess, concurrency: int) -> tuple:
+        """The user's client and the shared prepared requests (the LLM users override this)."""
+        return _start_client(self, process, concurrency)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
@@ -133,7 +137,7 @@ class OpenLoopUser(User):
         self.board = process.board
         self.options = context.options
         self.models = context.model_names
-        self.client, self.requests = _start_client(self, process, self.options.max_in_flight * len(self.models))
+        self.client, self.requests = self.start_client(process, self.options.max_in_flight * len(self.models))
         self.n_payloads = len(next(iter(self.requests.values())))
         self.number = next(_DRIVER_NUMBERS)
         worker_index = max(getattr(self.environment.runner, "worker_index", 0), 0)
@@ -142,6 +146,10 @@ class OpenLoopUser(User):
         self.slots = {m: BoundedSemaphore(self.options.max_in_flight) for m in self.models}
         self.sends = Group()
         self.stopping = False
+
+    def start_client(self, process: LoadProcess, concurrency: int) -> tuple:
+        """The user's client and the shared prepared requests (the LLM users override this)."""
+        return _start_client(self, process, concurrency)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
