@@ -21,7 +21,6 @@ Never imports Locust or gevent; pandas is imported only when a caller asks for a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -29,11 +28,11 @@ import re
 import socket
 import sys
 import time
+from collections import namedtuple
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
-from operator import attrgetter
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ class Column:
     type: pa.DataType
     meaning: str
     nullable: bool = False
-    omittable: bool = False  # writers may leave it out (None); only trailing nullable columns can be
+    omittable: bool = False  # writers may leave it out (Record defaults it to None); trailing and nullable
 
 
 RECORD_COLUMNS: tuple[Column, ...] = (
@@ -124,21 +123,22 @@ def _pandas_dtype(column: Column) -> str:
 
 PANDAS_DTYPES: dict[str, str] = {c.name: _pandas_dtype(c) for c in RECORD_COLUMNS}
 
-Record = dataclasses.make_dataclass(
-    "Record",
-    [(c.name, _python_type(c), dataclasses.field(default=None)) if c.omittable else (c.name, _python_type(c))
-     for c in RECORD_COLUMNS],
-    frozen=True,
-    slots=True,
-)  # fmt: skip
-Record.__module__ = __name__
+# A named tuple, not a dataclass: one is built per request on the load generator's hot path, and a tuple
+# is built in one C call (a frozen dataclass sets each field through ``object.__setattr__``) and is
+# already the row ``rows_to_table`` transposes. Omittable columns are trailing and default to None.
+_OMITTABLE = [c.name for c in RECORD_COLUMNS if c.omittable]
+assert COLUMNS[len(COLUMNS) - len(_OMITTABLE):] == tuple(_OMITTABLE), "omittable columns must be the last ones"
+assert all(c.nullable for c in RECORD_COLUMNS if c.omittable), "an omittable column must be nullable"
+Record = namedtuple("Record", COLUMNS, defaults=(None,) * len(_OMITTABLE), module=__name__)
 Record.__doc__ = "One request as the record schema stores it (fields = RECORD_COLUMNS, in order)."
-_as_tuple = attrgetter(*COLUMNS)
+Record.__annotations__ = {c.name: _python_type(c) for c in RECORD_COLUMNS}
+# The error text (prefix) of a request answered with NaN or Inf: a failure the footprint table counts.
+NONFINITE_ERROR = "non-finite output"
 
 
 def rows_to_table(rows: list) -> pa.Table:
     """``Record`` rows as an Arrow table with exactly SCHEMA's types."""
-    columns = list(zip(*map(_as_tuple, rows))) if rows else [[] for _ in COLUMNS]
+    columns = list(zip(*rows)) if rows else [[] for _ in COLUMNS]
     return pa.Table.from_arrays([pa.array(col, type=f.type) for col, f in zip(columns, SCHEMA)], schema=SCHEMA)
 
 

@@ -32,7 +32,7 @@ def _row(i: int, ok: bool = True) -> Record:
 
 def test_every_view_of_the_schema_derives_from_one_table():
     names = tuple(c.name for c in RECORD_COLUMNS)
-    assert COLUMNS == names == tuple(Record.__slots__) == tuple(PANDAS_DTYPES)
+    assert COLUMNS == names == Record._fields == tuple(PANDAS_DTYPES)
     assert [f.nullable for f in SCHEMA] == [c.nullable for c in RECORD_COLUMNS]
     assert PANDAS_DTYPES["batch_size"] == "int32" and PANDAS_DTYPES["error"] == "string"
     assert PANDAS_DTYPES["success"] == "bool" and PANDAS_DTYPES["latency_s"] == "float64"
@@ -102,14 +102,19 @@ def test_the_quality_client_accepts_tls_hosts():
         TritonEvaluator("ftp://h")
 
 
-def test_model_spec_from_a_config():
-    from tritonclient.grpc import model_config_pb2 as mc
-
+def test_one_model_spec_for_load_and_quality():
+    from loadtest.load.server_models import ServerModel, ServerTensor
     from loadtest.modelspec import ModelSpec
+    from loadtest.quality.client import served_model
 
-    config = mc.ModelConfig(name="m", max_batch_size=8)
-    config.input.add(name="input_ids", data_type=mc.TYPE_INT64, dims=[-1])
-    config.output.add(name="pooled", data_type=mc.TYPE_FP32, dims=[4])
-    config.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[4])
-    spec = ModelSpec.from_config(config)
-    assert spec.inputs == (("input_ids", "int64"),) and spec.primary_output == "logits" and spec.max_batch_size == 8
+    def tensor(name, datatype, dims):
+        return ServerTensor(name, datatype, tuple(dims))
+
+    model = ServerModel("m", "1", ("1",), "onnxruntime_onnx",
+                        (tensor("input_ids", "INT64", [-1]), tensor("attention_mask", "INT64", [-1])),
+                        (tensor("pooled", "FP32", [4, 2]), tensor("logits", "FP32", [4])), 8)  # fmt: skip
+    spec = served_model(model)
+    assert isinstance(spec, ModelSpec) and spec.primary_output == "logits" and spec.max_batch_size == 8
+    assert spec.input_names == ("input_ids", "attention_mask") and not spec.takes_text
+    text = ServerModel("t", "1", ("1",), "ensemble", (tensor("TEXT", "BYTES", [1]),), (tensor("logits", "FP32", [4]),), 8)
+    assert served_model(text).takes_text

@@ -5,6 +5,7 @@ regression gate's accepted serving metrics all derive from ``METRICS``; when eac
 they disagreed (the gate refused figures the table carried, a direction differed). To add a figure,
 ``register`` it (or add a line below) and fill it where its ``source`` says:
 
+- ``footprint``: an attribute of the model's ``Footprint`` (parameters, size, FLOPs, memory);
 - ``latency``: a column of the model's reference latency row (``analyze`` builds it from the records);
 - ``capacity``: an attribute of the model's ``Capacity`` (QPS at the latency budget);
 - ``cost``: an attribute of the model's ``CostFigures``.
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Direction = Literal["higher", "lower", "neither"]
-Source = Literal["latency", "capacity", "cost"]
+Source = Literal["footprint", "latency", "capacity", "cost"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Metric:
     """One comparable figure. ``direction``: which way is better (``neither``: descriptive only)."""
 
     name: str
-    unit: str  # count | req/s | tokens/s | ms | fraction | requests/batch | USD | J | g
+    unit: str  # count | MB | FLOPs | req/s | tokens/s | ms | fraction | requests/batch | USD | J | g
     direction: Direction
     label: str
     source: Source = "latency"
@@ -49,6 +50,13 @@ def register(metric: Metric) -> Metric:
 
 
 for _metric in (
+    # resource footprint first (loadtest.analysis.footprint): the KPI tables of a distillation review start here
+    Metric("parameters", "count", "lower", "Parameters", "footprint"),
+    Metric("size_on_disk_mb", "MB", "lower", "Size on disk", "footprint"),
+    Metric("flops_per_request", "FLOPs", "lower", "FLOPs per request", "footprint"),
+    Metric("flops_per_token", "FLOPs", "lower", "FLOPs per token", "footprint"),
+    Metric("peak_rss_mb", "MB", "lower", "Peak serving memory (RSS)", "footprint"),
+    Metric("nonfinite_outputs", "count", "lower", "Non-finite outputs", "footprint"),
     Metric("requests", "count", "neither", "Requests"),
     Metric("achieved_qps", "req/s", "higher", "Achieved QPS"),
     Metric("tokens_per_s", "tokens/s", "higher", "Tokens/s"),

@@ -69,8 +69,13 @@ def comparison_view(a: "Analysis") -> View:
         )
         styles.append(["", "muted", "", "", style, style, style])
     refs = "; ".join(f"{a.role(m)}: {r.description}" for m, r in a.references.items())
+    seqs = {f.flops_sequence_length for f in a.footprints.values() if f.flops_sequence_length}
+    flops = (f"FLOPs counted from the exported graph at batch 1 and {', '.join(map(str, sorted(seqs)))} tokens (the "
+             "run's mean): 2 × multiply-accumulates of MatMul/Gemm/Conv. " if seqs else "")
     caption = (
         f"Saving = 1 − student/teacher (negative for a figure where higher is better and the student is higher). "
+        f"Parameters and size from the export manifest; {flops}Peak serving memory: highest resident set of the "
+        "model's serving processes (recorded when the server ran on the load generator's machine). "
         f"Latency figures from {refs}. Budget: P{a.percentile:g} ≤ {a.budget_ms:g} ms ({a.budget_source})."
     )
     return View("comparison", "Teacher vs student", ["Figure", "Unit", "Teacher", "Student", "S/T", "Saving", "Student is"], rows, caption, styles)

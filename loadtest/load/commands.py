@@ -10,6 +10,25 @@ from pathlib import Path
 import typer
 
 
+def preflight(host: str, values: dict, console, tokenizer: str = ""):
+    """Everything the Locust processes will check, before Locust starts: one line and exit 2 on bad input.
+
+    Server reachable and speaking the protocol, every model READY (``--wait-ready``), inputs fillable and
+    the payloads buildable: the same ``build_context`` the Locust listener runs, without importing Locust.
+    """
+    from types import SimpleNamespace
+
+    from loadtest.load.context import build_context
+    from loadtest.load.settings import LoadOptions
+
+    options = LoadOptions.from_namespace(SimpleNamespace(**{k: v for k, v in values.items() if v is not None}))
+    with console.status(f"pre-flight: is {host} up with its models READY?") as status:
+        return build_context(
+            options, host, tokenizer=tokenizer,
+            on_wait=lambda message: status.update(message.replace("loadtest: ", "pre-flight: ")),
+        )  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     app.command(name="run", no_args_is_help=True)(run)
 
@@ -20,7 +39,9 @@ def run(
     ),
     host: str = typer.Option(..., "--host", help="Triton: http://HOST:8000 (HTTP) or grpc://HOST:8001 (gRPC)."),
     repository: Path = typer.Option(
-        Path("model_repository"), "--repository", help="Local copy of the model repository (tokenizer, inputs)."
+        Path("model_repository"), "--repository",
+        help="Optional local copy of a loadtest-exported repository (teacher/student, tokenizer). "
+        "Without it the models and their inputs are read from the server.",
     ),
     users: int | None = typer.Option(None, "-u", "--users", help="Closed loop: concurrent users (peak for shapes)."),
     spawn_rate: float | None = typer.Option(None, "-r", "--spawn-rate", help="Users started per second."),
@@ -33,7 +54,19 @@ def run(
         None, "--stages", help="Stage plan DURATION:VALUE[:LABEL],... (users, or requests/s for open_loop)."
     ),
     shape: str | None = typer.Option(None, "--shape", help="Pick a shape when several are loaded (or 'none')."),
-    models: str | None = typer.Option(None, "--models", help="Comma-separated models (default teacher,student)."),
+    models: str | None = typer.Option(
+        None, "--models", help="Comma-separated models (default: the repository's teacher,student, else every READY model)."
+    ),
+    model_version: str | None = typer.Option(None, "--model-version", help="Version to load; must be READY."),
+    wait_ready: float = typer.Option(
+        0.0, "--wait-ready", help="Wait up to SECONDS for the server and every model to be READY before the clock."
+    ),
+    input_shape: str | None = typer.Option(
+        None, "--input-shape", help="Variable input dims, perf_analyzer's --shape: NAME:d1,d2 [NAME2:...]."
+    ),
+    input_data: Path | None = typer.Option(None, "--input-data", help="Input values: a perf_analyzer JSON file."),
+    int_range: str | None = typer.Option(None, "--int-range", help="Synthetic integers from LO:HI (default 0:100)."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="tokenizer.json for text payloads without a repository."),
     dataset: Path | None = typer.Option(None, "--dataset", help="JSONL/CSV/Parquet payload rows (else synthetic)."),
     lengths: str | None = typer.Option(
         None, "--lengths", help="Synthetic lengths: fixed:N, uniform:MIN:MAX, lognormal:MEDIAN:SIGMA, dataset."
@@ -56,12 +89,24 @@ def run(
 
     console = output_console()
     echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False))
+    values = dict(
+        repository=str(repository), models=models, dataset=str(dataset) if dataset else None, lengths=lengths,
+        batch_size=batch_size, arrival_rate=arrival_rate, arrival=arrival, stages=stages,
+        model_version=model_version, wait_ready=wait_ready, input_shape=input_shape,
+        input_data=str(input_data) if input_data else None, int_range=int_range,
+        payload_pool=64,
+    )  # fmt: skip
+    context = preflight(host, values, console, str(tokenizer) if tokenizer else "")
+    ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in context.served)
+    console.print(f"pre-flight: {host} live, models READY: {ready}", highlight=False, soft_wrap=True)
     with console.status(f"running {scenario} against {host} for {run_time}"):
         result = run_locust(
             scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
             arrival=arrival, stages=stages, shape=shape, models=models, repository=repository, dataset=dataset,
             lengths=lengths, batch_size=batch_size, results_dir=results_dir, processes=processes,
             metrics_port=metrics_port, triton_metrics_url=triton_metrics_url, on_output=echo,
+            model_version=model_version, wait_ready=wait_ready or None, input_shape=input_shape, input_data=input_data,
+            int_range=int_range, tokenizer=tokenizer,
         )  # fmt: skip
     result.check()
     summaries = result.summary()
@@ -78,6 +123,11 @@ def run(
     manifest = result.manifest()
     rows = sum(s.requests for s in summaries)
     console.print(f"records: {rows} rows; Locust counted {manifest.get('locust', {}).get('requests')} requests")
+    console.print(
+        "[dim]Locust's own percentiles (locust_bucketed_*.csv, locust_bucketed.html, web UI) round each latency "
+        "into buckets (1 ms below 100 ms, 10 ms below 1 s): report the figures above or `loadtest analyze`.[/]",
+        soft_wrap=True,
+    )
     console.print(f"run directory: [bold]{result.run_dir}[/]")
     if result.exit_code != 0:
         raise typer.Exit(result.exit_code)

@@ -43,7 +43,14 @@ def _models(process: LoadProcess) -> dict | None:
         "teacher": context.teacher if context.teacher in names else None,
         "student": context.student if context.student in names else None,
         "names": names,
-    }
+        # as the server described each model at test start (the inputs the payloads were built for)
+        "served": [
+            {"name": m.name, "version": m.version or (m.versions[-1] if m.versions else None), "platform": m.platform,
+             "max_batch_size": m.max_batch_size, "decoupled": m.decoupled,
+             "inputs": [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in m.inputs]}
+            for m in getattr(context, "served", ())
+        ],
+    }  # fmt: skip
 
 
 def base_manifest(environment, process: LoadProcess, options: LoadOptions) -> dict:
@@ -89,11 +96,26 @@ def _locust_totals(environment) -> dict:
     return {"requests": total.num_requests, "failures": total.num_failures}
 
 
+def _serving_memory(process: LoadProcess) -> dict:
+    """Peak RSS of each model's serving processes when Triton runs on this machine (the footprint table)."""
+    from loadtest.load.serving_memory import serving_memory
+
+    endpoint = process.context.endpoint if process.context else None
+    endpoint = getattr(endpoint, "server", endpoint)  # an LLM endpoint wraps the server's
+    if endpoint is None:
+        return {}
+    try:
+        return serving_memory(endpoint.host, endpoint.port)
+    except OSError:  # /proc unreadable (another OS, a container without it): no figure, never a failed test
+        return {}
+
+
 def finalize_local(environment, process: LoadProcess) -> None:
     """Local: complete the manifest (every row is written by now)."""
     rows = process.writer.rows_written if process.writer else 0
     process.run.update_manifest(
         end=time.time(),
+        serving_footprint=_serving_memory(process),
         stages=process.board.stages_for_manifest(),
         records={"rows": rows, "workers": {process.worker: rows}},
         dropped=nested_counts(process.dropped),
@@ -124,6 +146,7 @@ def finalize_master(environment, process: LoadProcess) -> None:
         merge_counts(late, report.get("late", {}))
     process.run.update_manifest(
         end=time.time(),
+        serving_footprint=_serving_memory(process),
         stages=process.board.stages_for_manifest(),
         records={"rows": sum(r.get("rows", 0) for r in reports.values()),
                  "workers": {w: r.get("rows", 0) for w, r in reports.items()},

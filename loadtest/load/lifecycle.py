@@ -22,7 +22,7 @@ from pathlib import Path
 import gevent
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
-from transformers import PreTrainedTokenizerFast  # noqa: F401  (loaded once, before --processes forks)
+from tokenizers import Tokenizer  # noqa: F401  (loaded once, before --processes forks)
 
 from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)

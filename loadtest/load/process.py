@@ -81,7 +81,7 @@ class LoadProcess:
 
             self.context = build_generative_context(options, generation, host)
         else:
-            self.context = build_context(options, host)
+            self.context = build_context(options, host, tokenizer=generation.tokenizer)
         self.context_key = key
         self.prepared = {}
         if self.role != "master":  # serialise every request once, before the first user needs it
@@ -101,7 +101,7 @@ class LoadProcess:
                 self.prepared[protocol] = prepare_streaming(self.context)
                 return self.prepared[protocol]
             self.prepared[protocol] = {
-                spec.name: [prepare_request(protocol, spec, payload) for payload in self.context.payloads]
+                spec.name: [prepare_request(protocol, spec, payload) for payload in self.context.payloads_for(spec.name)]
                 for spec in self.context.models
             }
         return self.prepared[protocol]

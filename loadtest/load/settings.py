@@ -18,9 +18,11 @@ from loadtest.rundir import DEFAULT_RESULTS_DIR
 # (flag, env var, default, type, help); order = order in `locust --help` and in the web UI.
 OPTIONS: list[tuple[str, str, object, type, str]] = [
     ("--repository", "LOADTEST_REPOSITORY", "model_repository", str,
-     "Model repository (local copy) giving the tokenizer, sequence limit and each model's inputs."),
+     "Optional local copy of a loadtest-exported repository: teacher/student names, tokenizer, sequence limit. "
+     "Without it, models and their inputs are read from the server."),
     ("--models", "LOADTEST_MODELS", "", str,
-     "Comma-separated Triton model names to load (default: teacher and student from loadtest.json)."),
+     "Comma-separated Triton model names to load (default: teacher and student from the repository's "
+     "loadtest.json, else every READY model the server lists)."),
     ("--protocol", "LOADTEST_PROTOCOL", "auto", str,
      "auto, http or grpc. auto follows the host scheme: grpc://HOST:PORT means gRPC, anything else HTTP."),
     ("--dataset", "LOADTEST_DATASET", "", str,
@@ -54,6 +56,16 @@ OPTIONS: list[tuple[str, str, object, type, str]] = [
      "Triton /metrics to snapshot at test start, stage changes and stop (default: host's port 8002; none: off)."),
     ("--gpu-metrics-url", "LOADTEST_GPU_METRICS_URL", "", str, "GPU exporter /metrics to snapshot likewise."),
     ("--request-timeout", "LOADTEST_REQUEST_TIMEOUT", 60.0, float, "Network timeout of one request, seconds."),
+    ("--model-version", "LOADTEST_MODEL_VERSION", "", str,
+     "Model version every request targets and that must be READY (default: the server's version policy)."),
+    ("--wait-ready", "LOADTEST_WAIT_READY", 0.0, float,
+     "Before the clock: wait up to this many seconds for the server and every model to be READY (0: check once)."),
+    ("--input-shape", "LOADTEST_INPUT_SHAPE", "", str,
+     "Shapes for variable (-1) input dims, perf_analyzer's --shape: NAME:d1,d2 [NAME2:...] (batch dim excluded)."),
+    ("--input-data", "LOADTEST_INPUT_DATA", "", str,
+     "Input values from a perf_analyzer --input-data JSON file ({\"data\": [{\"INPUT\": [...]}, ...]})."),
+    ("--int-range", "LOADTEST_INT_RANGE", "", str,
+     "Synthetic integer inputs drawn from LO:HI (HI excluded; default 0:100)."),
 ]  # fmt: skip
 
 
@@ -82,6 +94,11 @@ class LoadOptions:
     triton_metrics_url: str
     gpu_metrics_url: str
     request_timeout: float
+    model_version: str = ""
+    wait_ready: float = 0.0
+    input_shape: str = ""
+    input_data: str = ""
+    int_range: str = ""
 
     @classmethod
     def from_namespace(cls, namespace) -> LoadOptions:
@@ -103,18 +120,21 @@ class LoadOptions:
             (self.max_in_flight >= 1, f"--max-in-flight must be >= 1, got {self.max_in_flight}"),
             (0 <= self.metrics_port < 65536, f"--metrics-port must be a port number or 0, got {self.metrics_port}"),
             (self.request_timeout > 0, f"--request-timeout must be > 0, got {self.request_timeout}"),
+            (self.wait_ready >= 0, f"--wait-ready must be >= 0 seconds, got {self.wait_ready}"),
+            (not self.model_version or self.model_version.isdigit(),
+             f"--model-version must be a version number, got '{self.model_version}'"),
         ]
         for ok, message in checks:
             if not ok:
                 raise LoadtestError(message)
 
     def model_names(self, metadata=None) -> list[str]:
-        """``--models``, or the repository's teacher and student."""
+        """``--models``, or the repository's teacher and student; [] = every READY model of the server."""
         names = [m.strip() for m in self.models.split(",") if m.strip()]
         if names:
             return list(dict.fromkeys(names))
         if metadata is None:
-            raise LoadtestError("no --models given and no loadtest.json to read teacher/student from")
+            return []
         return list(dict.fromkeys([metadata.teacher, metadata.student]))
 
     def triton_metrics(self, host: str | None) -> str | None:
@@ -142,6 +162,10 @@ class LoadOptions:
     @property
     def dataset_path(self) -> Path | None:
         return Path(self.dataset) if self.dataset else None
+
+    @property
+    def input_data_path(self) -> Path | None:
+        return Path(self.input_data) if self.input_data else None
 
 
 assert [f.name for f in fields(LoadOptions)] == [o[0][2:].replace("-", "_") for o in OPTIONS], "keep in step"

@@ -31,6 +31,7 @@ from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 from locust import User, constant, task
 from locust.exception import StopUser
+from locust.user.task import LOCUST_STATE_STOPPING
 
 from loadtest.load import lifecycle  # noqa: F401  (registers the test's listeners: run dir, records, metrics)
 from loadtest.load.clock import CLOCK
@@ -72,6 +73,7 @@ class TritonUser(User):
     abstract = True
     wait_time = constant(0)
     send_to_all_models = False  # ABTritonUser: the same payload to every model at once
+    _in_request = False
 
     def on_start(self) -> None:
         process = _process(self)
@@ -99,16 +101,36 @@ class TritonUser(User):
         self.cursor = (self.cursor + 1) % self.n_payloads
         return index
 
+    def stop(self, force: bool = False) -> bool:
+        """Never kill a request in flight: let it be answered and recorded, then stop before the next.
+
+        Without ``--stop-timeout`` Locust kills users outright at the end of a test; a request cut off
+        then is counted by Triton but by neither Locust nor the records. Deferring the kill to the end
+        of the request costs nothing per request (a greenlet per request to shield it cost ~10 µs).
+        """
+        if force and self._in_request and self._greenlet is not gevent.getcurrent():
+            self._state = LOCUST_STATE_STOPPING  # Locust's task loop stops the user after this task
+            self._greenlet.join()
+            return True
+        return super().stop(force)
+
     @task
     def infer(self) -> None:
         stage = self.board.label
-        if not self.send_to_all_models:
-            model = self.models[self.turn]
-            self.turn = (self.turn + 1) % len(self.models)
-            self.client.infer(self.requests[model][self._next_index()], stage=stage)
-            return
+        self._in_request = True
+        try:
+            if not self.send_to_all_models:
+                model = self.models[self.turn]
+                self.turn = (self.turn + 1) % len(self.models)
+                self.client.send(self.requests[model][self._next_index()], stage)
+            else:
+                self._send_to_all(stage)
+        finally:
+            self._in_request = False
+
+    def _send_to_all(self, stage: str) -> None:
         index = self._next_index()
-        sends = [gevent.spawn(self.client.infer, self.requests[m][index], stage=stage) for m in self.models]
+        sends = [gevent.spawn(self.client.send, self.requests[m][index], stage) for m in self.models]
         try:
             gevent.joinall(sends)
         except GreenletExit:  # stopped meanwhile: let both answers arrive and be recorded first
@@ -173,8 +195,8 @@ class OpenLoopUser(User):
                 self.process.count_dropped(model, stage)
                 return
         try:
-            self.client.infer(request, stage=stage, loop="open", intended=intended,
-                              tolerance=self.options.late_tolerance)  # fmt: skip
+            # this greenlet belongs to the driver's send group, which is joined, never killed
+            self.client.send(request, stage, "open", intended, self.options.late_tolerance)
         finally:
             slot.release()
 

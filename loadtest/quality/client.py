@@ -20,17 +20,37 @@ from loadtest.quality.dataset import EncodedInputs
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def describe_model(repository, name: str) -> ModelSpec:
-    """A model's spec from ``config.pbtxt``, checked for what a text-classifier client can build."""
-    spec = ModelSpec.from_config(repository.read_config(name), name)
-    unknown = [input_name for input_name in spec.input_names if input_name not in KNOWN_INPUTS]
-    if unknown:
-        raise LoadtestError(f"model '{name}' takes inputs {unknown} that a text classifier client cannot build (known: {', '.join(KNOWN_INPUTS)})")
-    if "input_ids" not in spec.input_names:
-        raise LoadtestError(f"model '{name}' has no 'input_ids' input in its config.pbtxt")
-    if spec.primary_output is None:
-        raise LoadtestError(f"model '{name}' declares no output in its config.pbtxt")
-    return spec
+def served_model(model) -> ModelSpec:
+    """A classifier as the *server* describes it (``loadtest.load.server_models.ServerModel``).
+
+    Accepted: token inputs (``input_ids`` plus optional ``attention_mask``/``token_type_ids``, integers),
+    or a single BYTES input taking the text itself (a model that tokenises inside Triton, such as a
+    ``--with-tokenizer`` ensemble). The output read is ``logits``, else the only floating-point output.
+    """
+    required = [t for t in model.inputs if not t.optional]
+    text_inputs = [t for t in required if t.datatype == "BYTES"]
+    if text_inputs and len(required) == 1:
+        inputs = ((text_inputs[0].name, "object"),)
+    else:
+        unknown = [t.name for t in required if t.name not in KNOWN_INPUTS or t.datatype == "BYTES"]
+        if unknown or not any(t.name == "input_ids" for t in required):
+            found = ", ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in model.inputs)
+            raise LoadtestError(
+                f"model '{model.name}' takes {found}: loadtest eval sends text (one BYTES input) or token ids "
+                f"(input_ids, attention_mask, token_type_ids); evaluate a model with one of those input formats"
+            )
+        inputs = tuple((t.name, t.numpy_dtype) for t in model.inputs if t.name in KNOWN_INPUTS)
+    floats = [t.name for t in model.outputs if t.datatype in ("FP16", "FP32", "FP64")]
+    if "logits" in floats:
+        output = "logits"
+    elif len(floats) == 1:
+        output = floats[0]
+    else:
+        raise LoadtestError(
+            f"model '{model.name}' has outputs {[t.name for t in model.outputs]}: loadtest eval reads 'logits' "
+            "(or a single floating-point output) as the class scores"
+        )
+    return ModelSpec(model.name, inputs, (output,), int(model.max_batch_size))
 
 
 class TritonEvaluator:
@@ -93,6 +113,7 @@ class TritonEvaluator:
         batch_size: int,
         pad_id: int = 0,
         on_batch: Callable[[int], None] | None = None,
+        texts: list[str] | None = None,
     ) -> np.ndarray:
         """Logits (n, num_labels) for every example, in the dataset's order; ``on_batch(rows)`` after each batch."""
         n = len(encoded.input_ids)
@@ -102,8 +123,16 @@ class TritonEvaluator:
         result: np.ndarray | None = None
         for start in range(0, n, size):
             rows = order[start : start + size]
-            arrays = self._batch_arrays(model, encoded, rows, pad_id)
+            if model.takes_text:
+                if texts is None:
+                    raise LoadtestError(f"model '{model.name}' takes text: the evaluation set needs a 'text' column")
+                shape = (len(rows), 1) if model.max_batch_size > 0 else (1,)
+                arrays = {model.inputs[0][0]: np.array([texts[r].encode() for r in rows], dtype=object).reshape(shape)}
+            else:
+                arrays = self._batch_arrays(model, encoded, rows, pad_id)
             out = self._infer(model, arrays)
+            if model.max_batch_size == 0:  # no batch dimension: one example's scores
+                out = out.reshape(1, -1)
             if out.ndim != 2 or out.shape[0] != len(rows):
                 raise LoadtestError(
                     f"model '{model.name}' returned '{model.primary_output}' of shape {list(out.shape)} for a batch of {len(rows)};"
