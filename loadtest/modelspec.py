@@ -19,6 +19,7 @@ class ModelSpec:
     inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype name; "object" for BYTES)
     outputs: tuple[str, ...]  # the outputs requested, in order
     max_batch_size: int  # 0: no batch dimension of its own, one example per request
+    feed: str = "tensors"  # how the client fills the inputs: tokens (a tokenizer's), text (one BYTES input), tensors
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -34,4 +35,4 @@ class ModelSpec:
     @property
     def takes_text(self) -> bool:
         """One BYTES input: the model tokenises inside Triton (e.g. a ``--with-tokenizer`` ensemble)."""
-        return len(self.inputs) == 1 and self.inputs[0][1] == "object"
+        return self.feed == "text"

@@ -286,7 +286,7 @@ def costing(a: GenerativeAnalysis, model: str, cost_file: Path | None, instance:
     start, end = float(mine["intended_start"].min()), float(mine["end"].max())
     others = a.records[(a.records["model"] != model)]
     shared = not others.empty and float(others["intended_start"].min()) < end and float(others["end"].max()) > start
-    snaps, _ = sm.read_snapshots(a.run_dir) if (a.run_dir / "metrics").is_dir() else ([], [])
+    snaps, _ = sm.read_snapshots(a.run_dir)
     if sm.has_gpu_metrics(snaps):
         if shared:
             method = "not attributable: another model was under load at the same time"

@@ -63,9 +63,9 @@ def _tokenizer(path: str, repository: ModelRepository, metadata):
     return None, None
 
 
-def _spec(model, payload: Payload) -> ModelSpec:
+def _spec(model, payload: Payload, feed: str) -> ModelSpec:
     inputs = tuple((t.name, t.numpy_dtype) for t in model.inputs if t.name in payload.arrays)
-    return ModelSpec(model.name, inputs, tuple(t.name for t in model.outputs), model.max_batch_size)
+    return ModelSpec(model.name, inputs, tuple(t.name for t in model.outputs), model.max_batch_size, feed)
 
 
 def _cycle(pool: list[Payload], length: int) -> tuple[Payload, ...]:
@@ -140,7 +140,8 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenize
         raise LoadtestError("no payloads could be built: the dataset is smaller than one batch")
     length = max(len(pool) for pool in pools.values())
     model_payloads = {name: _cycle(pool, length) for name, pool in pools.items()}
-    specs = tuple(_spec(m, model_payloads[m.name][0]) for m in checked.models)
+    feeds = {name: "tokens" if pool is token_pool else "tensors" for name, pool in pools.items()}
+    specs = tuple(_spec(m, model_payloads[m.name][0], feeds[m.name]) for m in checked.models)
     first = model_payloads[specs[0].name]
     return LoadContext(
         options, endpoint, specs, first, "; ".join(descriptions),

@@ -101,7 +101,8 @@ class LoadProcess:
                 self.prepared[protocol] = prepare_streaming(self.context)
                 return self.prepared[protocol]
             self.prepared[protocol] = {
-                spec.name: [prepare_request(protocol, spec, payload) for payload in self.context.payloads_for(spec.name)]
+                spec.name: [prepare_request(protocol, spec, payload, self.context.options.model_version)
+                        for payload in self.context.payloads_for(spec.name)]
                 for spec in self.context.models
             }
         return self.prepared[protocol]

@@ -6,7 +6,6 @@ The analyzer embeds ``quality_section_html(run_dir)`` as is. Findings are derive
 
 from __future__ import annotations
 
-import math
 from html import escape
 from pathlib import Path
 
@@ -15,24 +14,10 @@ import pandas as pd
 from loadtest.quality import results as store
 from loadtest.quality.findings import derive_findings
 from loadtest.quality.plots import reliability_svg, slice_bars_svg
+from loadtest.quality.report_parts import _STYLE, _cell, _findings_html, _row, baseline_html, fairness_html
 from loadtest.quality.scoring import QUALITY_METRICS
 from loadtest.quality.slices import OVERALL
 
-_STYLE = """
-<style>
-.lt-quality table{border-collapse:collapse;font-size:13px;margin:8px 0 16px}
-.lt-quality th,.lt-quality td{border:1px solid #ddd;padding:3px 8px;text-align:right}
-.lt-quality th:first-child,.lt-quality td:first-child,.lt-quality td.l{text-align:left}
-.lt-quality tr.unstable td{color:#888;font-style:italic}
-.lt-quality .ci{color:#777;font-size:11px}
-.lt-quality .finding{padding:6px 10px;margin:6px 0;border-left:4px solid #999;background:#f7f7f7}
-.lt-quality .finding.fail{border-color:#c0392b;background:#fdecea}
-.lt-quality .finding.warning{border-color:#e67e22;background:#fef5e7}
-.lt-quality .finding.info{border-color:#2980b9;background:#eaf2f8}
-.lt-quality .plot svg{max-width:100%;height:auto}
-.lt-quality .note{color:#555;font-size:12px}
-</style>
-"""
 
 _OVERALL_ORDER = [
     "accuracy",
@@ -47,37 +32,12 @@ _OVERALL_ORDER = [
     "ece_after_temperature",
     "nonfinite_outputs",
 ]
-_RATES = {"accuracy", "agreement", "accuracy_drop"}
 
 
-def format_figure(value, metric: str) -> str:
-    """A figure as the report shows it: rates in %, counts as integers, else 4 decimals."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if not math.isfinite(value):
-        return "—"
-    if metric in _RATES:
-        return f"{100 * value:.1f} %"
-    if metric == "nonfinite_outputs":
-        return f"{int(value)}"
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
 
 
-def _cell(row: pd.Series | None, metric: str) -> str:
-    if row is None:
-        return "<td>—</td>"
-    text = format_figure(row["value"], metric)
-    low, high = row["ci_low"], row["ci_high"]
-    if pd.notna(low) and pd.notna(high) and math.isfinite(float(low)):
-        text += f' <span class="ci">[{format_figure(low, metric)}, {format_figure(high, metric)}]</span>'
-    return f"<td>{text}</td>"
 
 
-def _row(table: pd.DataFrame, model: str, metric: str, slice_name: str = OVERALL, slice_value: str = "all") -> pd.Series | None:
-    rows = table[(table["model"] == model) & (table["metric"] == metric) & (table["slice"] == slice_name) & (table["slice_value"].astype(str) == str(slice_value))]
-    return None if rows.empty else rows.iloc[0]
 
 
 def _overall_table(table: pd.DataFrame) -> str:
@@ -123,13 +83,10 @@ def _slice_table(table: pd.DataFrame, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _findings_html(findings) -> str:
-    if not findings:
-        return '<p class="note">No finding: none of the warning signals (teacher ceiling, coverage gap, calibration, faster-but-not-cheaper, NaN/Inf) shows in these numbers.</p>'
-    parts = []
-    for f in findings:
-        parts.append(f'<div class="finding {escape(f.severity)}"><b>{escape(f.title)}</b><br>{escape(f.message)}</div>')
-    return "\n".join(parts)
+
+
+
+
 
 
 def quality_section_html(run_dir: Path | str) -> str | None:
@@ -140,7 +97,11 @@ def quality_section_html(run_dir: Path | str) -> str | None:
     if table is None or summary is None:
         return None
     comparison = store.read_comparison(run_dir)
-    findings = derive_findings(table, comparison)
+    if summary.get("task") == "text-generation":
+        from loadtest.quality.genreport import generative_section_html
+
+        return generative_section_html(table, summary, comparison, store.read_per_example(run_dir))
+    findings = derive_findings(table, comparison, fairness=summary.get("fairness"))
     models = summary.get("models", {})
     dataset = summary.get("dataset", {})
     settings = summary.get("settings", {})
@@ -168,6 +129,8 @@ def quality_section_html(run_dir: Path | str) -> str | None:
         parts.append(f'<h3>Calibration</h3><div class="plot">{reliability}</div>')
     parts.append("<h3>Per slice</h3>")
     parts.append(_slice_table(table, summary))
+    parts.append(fairness_html(table, summary.get("fairness")))
+    parts.append(baseline_html(summary.get("baseline")))
     definitions = "".join(
         f"<li><b>{escape(s['name'])}</b> ({escape(s['source'])}): {escape(s['description'])}</li>" for s in summary.get("slices", [])
     )
