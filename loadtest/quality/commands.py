@@ -48,7 +48,7 @@ def eval_command(
     from loadtest.quality.runner import EvalSettings, run_eval
     from loadtest.quality.terminal import render_quality
 
-    from loadtest.quality.results import resolve_run
+    from loadtest.rundir import resolve_run
 
     console = Console(stderr=True)
     if _is_generative(dataset, repo, openai):
