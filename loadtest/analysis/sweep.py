@@ -326,6 +326,7 @@ def run_sweep(
     """Sweep every model in turn with the same settings; write the sweep's run directory."""
     from rich.console import Console
 
+    from loadtest.credentials import redact_url
     from loadtest.load.rundir import RunDir, create_run_dir
 
     console = console or Console(stderr=True)
@@ -333,7 +334,7 @@ def run_sweep(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     rundir = RunDir(sweep_dir)
     base = {
-        "run_id": sweep_dir.name, "kind": "sweep", "scenario": "sweep", "host": target.host,
+        "run_id": sweep_dir.name, "kind": "sweep", "scenario": "sweep", "host": redact_url(target.host),
         "models": {"teacher": roles.get("teacher"), "student": roles.get("student"), "names": models},
         "sweep": dict(settings.model_dump(), budget_ms=settings.budget_ms, results={}),
         "start": time.time(), "end": None, "stages": [], "dropped": {},

@@ -42,6 +42,9 @@ def run(
     processes: int | None = typer.Option(None, "--processes", help="Locust worker processes on this machine."),
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where the run directory is created."),
     metrics_port: int = typer.Option(9646, "--metrics-port", help="Prometheus endpoint of the load generator; 0: off."),
+    metrics_address: str = typer.Option(
+        "127.0.0.1", "--metrics-address", help="Address the metrics endpoint binds (0.0.0.0: reachable from the network)."
+    ),
     triton_metrics_url: str | None = typer.Option(
         None, "--triton-metrics-url", help="Triton /metrics to snapshot (default: the host's port 8002)."
     ),
@@ -54,15 +57,29 @@ def run(
     from loadtest.console import output_console
     from loadtest.load.runner import run_locust
 
+    from loadtest.credentials import redact_url
+    from loadtest.load.runner import scenario_path
+
+    scenario_path(scenario)
+    check_run_options(
+        host=host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
+        arrival=arrival, stages=stages, batch_size=batch_size, processes=processes, metrics_port=metrics_port,
+        metrics_address=metrics_address, repository=repository, dataset=dataset,
+    )  # fmt: skip
     console = output_console()
-    echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False))
-    with console.status(f"running {scenario} against {host} for {run_time}"):
+    echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False, emoji=False))
+    with console.status(f"running {scenario} against {redact_url(host)} for {run_time}"):
         result = run_locust(
             scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
             arrival=arrival, stages=stages, shape=shape, models=models, repository=repository, dataset=dataset,
             lengths=lengths, batch_size=batch_size, results_dir=results_dir, processes=processes,
             metrics_port=metrics_port, triton_metrics_url=triton_metrics_url, on_output=echo,
+            extra_args=["--metrics-address", metrics_address], return_on_signal=True,
         )  # fmt: skip
+    if result.signalled:
+        import signal
+
+        console.print(f"[yellow]{signal.Signals(result.signalled).name}: the load was stopped and the run finalised[/]")
     result.check()
     summaries = result.summary()
     table = Table(box=box.SIMPLE_HEAD, caption="latency percentiles: numpy 'linear' over every raw record")
@@ -79,5 +96,35 @@ def run(
     rows = sum(s.requests for s in summaries)
     console.print(f"records: {rows} rows; Locust counted {manifest.get('locust', {}).get('requests')} requests")
     console.print(f"run directory: [bold]{result.run_dir}[/]")
+    if result.signalled:
+        raise SystemExit(128 + result.signalled)
     if result.exit_code != 0:
-        raise typer.Exit(result.exit_code)
+        raise SystemExit(result.exit_code)  # not typer.Exit: under standalone_mode=False click would return it
+
+
+def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arrival, stages, batch_size, processes,
+                      metrics_port, metrics_address, repository, dataset) -> None:  # fmt: skip
+    """Every option of ``loadtest run`` checked before a run directory exists or Locust starts (one line each)."""
+    from loadtest import bounds
+    from loadtest.errors import LoadtestError
+    from loadtest.load.settings import parse_endpoint
+    from loadtest.load.stages import parse_duration, parse_stage_plan
+
+    parse_endpoint(host)
+    bounds.check_users("-u/--users", users)
+    bounds.check_number("-r/--spawn-rate", spawn_rate, 0, bounds.MAX_SPAWN_RATE, low_open=True, unit="users/s")
+    duration = parse_duration(run_time)
+    bounds.check_number("-t/--run-time", duration, 0, bounds.MAX_RUN_TIME_S, low_open=True, unit="s")
+    bounds.check_arrival_rate("--arrival-rate", arrival_rate)
+    if arrival is not None and arrival not in ("constant", "poisson"):
+        raise LoadtestError(f"--arrival must be constant or poisson, got '{arrival}'")
+    if stages is not None:
+        parse_stage_plan(stages, lambda i, v: f"stage{i}")
+    bounds.check_number("--batch-size", batch_size, 1, bounds.MAX_BATCH_SIZE)
+    bounds.check_processes("--processes", processes)
+    bounds.check_port("--metrics-port", metrics_port)
+    bounds.check_bind_address("--metrics-address", metrics_address)
+    if not Path(repository).is_dir():
+        raise LoadtestError(f"model repository {repository} not found: pass --repository, a local copy of what Triton serves")
+    if dataset is not None and not Path(dataset).is_file():
+        raise LoadtestError(f"--dataset {dataset} not found: give a JSONL, CSV or Parquet file")

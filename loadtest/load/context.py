@@ -8,8 +8,9 @@ Never imports Locust or gevent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from loadtest.credentials import Credentials, load_credentials, split_host
 from loadtest.errors import LoadtestError
 from loadtest.load.payloads import Payload, PayloadSpec, build_payloads
 from loadtest.load.settings import Endpoint, LoadOptions, parse_endpoint
@@ -49,6 +50,7 @@ class LoadContext:
     payload_description: str
     teacher: str | None = None
     student: str | None = None
+    credentials: Credentials = field(default_factory=Credentials, repr=False)
 
     @property
     def model_names(self) -> list[str]:
@@ -58,6 +60,11 @@ class LoadContext:
 def build_context(options: LoadOptions, host: str | None) -> LoadContext:
     """Resolve the endpoint, read the models' configs and prepare the payload pool (raises LoadtestError)."""
     endpoint = parse_endpoint(host, options.protocol)
+    _, user_info = split_host(host)
+    credentials = load_credentials(
+        user_info, headers_file=options.headers_file or None, ca_file=options.ssl_ca_file or None,
+        cert_file=options.ssl_cert_file or None, key_file=options.ssl_key_file or None,
+    )  # fmt: skip
     repository = ModelRepository(options.repository_path)
     if not repository.path.is_dir():
         raise LoadtestError(
@@ -84,5 +91,6 @@ def build_context(options: LoadOptions, host: str | None) -> LoadContext:
     if not payloads:
         raise LoadtestError("no payloads could be built: the dataset is smaller than one batch")
     return LoadContext(
-        options, endpoint, tuple(models), tuple(payloads), payload_spec.describe(), metadata.teacher, metadata.student
-    )
+        options, endpoint, tuple(models), tuple(payloads), payload_spec.describe(), metadata.teacher, metadata.student,
+        credentials,
+    )  # fmt: skip

@@ -14,6 +14,7 @@ dropped-send counts back with their stats reports.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import urllib.request
 from collections import Counter
@@ -26,6 +27,7 @@ from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 from transformers import PreTrainedTokenizerFast  # noqa: F401  (loaded once, before --processes forks)
 
+from loadtest.credentials import URL_CREDENTIALS_ENV, split_host
 from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)
 from loadtest.load.client_metrics import ClientMetrics, metrics_port_for
@@ -172,19 +174,20 @@ def snapshot_metrics(label: str) -> Path | None:
 
 
 # ---- metrics endpoint -----------------------------------------------------------------------
-def start_metrics_server(port: int) -> None:
+def start_metrics_server(port: int, address: str = "127.0.0.1") -> None:
+    """Serve this process's metrics; loopback unless ``--metrics-address`` opens it to the network."""
     if STATE.metrics_server is not None or port <= 0:
         return
     from gevent.pywsgi import WSGIServer
 
-    server = WSGIServer(("0.0.0.0", port), STATE.metrics.wsgi_app(), log=None, error_log=None)
+    server = WSGIServer((address, port), STATE.metrics.wsgi_app(), log=None, error_log=None)
     try:
         server.start()
     except OSError as exc:
         warn_once("metrics-port", "loadtest: metrics endpoint not started: port %d: %s", port, exc.strerror or exc)
         return
     STATE.metrics_server = server
-    log.info("loadtest: Prometheus metrics of this process at http://0.0.0.0:%d/metrics", port)
+    log.info("loadtest: Prometheus metrics of this process at http://%s:%d/metrics", address, port)
 
 
 # ---- records --------------------------------------------------------------------------------
@@ -310,10 +313,23 @@ def _wait_for_workers_on_quit(runner, extra_wait_s: float = 30.0) -> None:
     runner.quit = quit
 
 
+def hide_host_credentials(environment) -> None:
+    """Move ``--host``'s user-info out of the host (which Locust writes into locust.html and we into the
+    manifest) into this process's environment, where the Triton clients read it (``loadtest.credentials``)."""
+    clean, user_info = split_host(environment.host)
+    if user_info is None:
+        return
+    os.environ[URL_CREDENTIALS_ENV] = user_info
+    environment.host = clean
+    if environment.parsed_options is not None:
+        environment.parsed_options.host = clean
+
+
 @events.init.add_listener
 def on_init(environment, runner=None, **_kw) -> None:
     runner = runner or environment.runner
     _ENV["environment"] = environment
+    hide_host_credentials(environment)
     STATE.role = _role(runner)
     STATE.worker = worker_id()  # after --processes forked: each worker has its own pid
     parsed = environment.parsed_options
@@ -340,7 +356,8 @@ def on_init(environment, runner=None, **_kw) -> None:
         # machine or container (--worker) keeps the base port, where Prometheus' discovery expects it.
         forked = bool(getattr(parsed, "processes", None))
         index = runner.worker_index if STATE.role == "worker" and forked else None
-        start_metrics_server(metrics_port_for(base_port, index))
+        address = str(getattr(parsed, "metrics_address", "") or "127.0.0.1")
+        start_metrics_server(metrics_port_for(base_port, index), "127.0.0.1" if address == "localhost" else address)
     _prepare_early(environment)
 
 
@@ -427,6 +444,7 @@ def _base_manifest(environment, options: LoadOptions) -> dict:
         },
         "host": environment.host,
         "protocol": STATE.context.endpoint.protocol if STATE.context else None,
+        "credentials": STATE.context.credentials.describe() if STATE.context else None,
         "models": _models_for_manifest(),
         "payloads": STATE.context.payload_description if STATE.context else None,
         "settings": options.settings(),
@@ -451,6 +469,7 @@ def _base_manifest(environment, options: LoadOptions) -> dict:
 @events.test_start.add_listener
 def on_test_start(environment, **_kw) -> None:
     _ENV["environment"] = environment
+    hide_host_credentials(environment)  # the web UI sets the host at start
     STATE.error = None
     STATE.run, STATE.writer = None, None
     STATE.started = time.time()

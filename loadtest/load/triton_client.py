@@ -23,6 +23,7 @@ import gevent
 import locust  # noqa: F401  (gevent monkey-patching happens here, before gRPC is set up)
 from gevent import GreenletExit
 
+from loadtest.credentials import Credentials, grpc_client_tls, http_client_tls
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.clock import CLOCK
 from loadtest.load.context import ModelSpec
@@ -116,6 +117,7 @@ class TritonClient:
         concurrency: int = 1,
         timeout_s: float = 60.0,
         metrics: ClientMetrics | None = None,
+        credentials: Credentials | None = None,
     ):
         self.endpoint = endpoint
         self.protocol = endpoint.protocol
@@ -124,24 +126,29 @@ class TritonClient:
         self.worker = worker
         self.timeout_s = timeout_s
         self.metrics = metrics
+        credentials = credentials or Credentials()
+        self.headers = credentials.request_headers(self.protocol)
         module = _modules(self.protocol)
         if self.protocol == "grpc":
-            self._client = module.InferenceServerClient(url=endpoint.address, ssl=endpoint.ssl)
+            tls = grpc_client_tls(credentials) if endpoint.ssl else {}
+            self._client = module.InferenceServerClient(url=endpoint.address, **tls)
         else:
+            tls = http_client_tls(credentials) if endpoint.ssl else {}
             self._client = module.InferenceServerClient(
                 url=endpoint.address,
                 concurrency=concurrency,
                 connection_timeout=timeout_s,
                 network_timeout=timeout_s,
-                ssl=endpoint.ssl,
+                **tls,
             )
 
     def _call(self, request: PreparedRequest):
         if self.protocol == "grpc":
             return self._client.infer(
-                request.model, request.inputs, outputs=request.outputs, client_timeout=self.timeout_s
-            )
-        return self._client.infer(request.model, request.inputs, outputs=request.outputs)
+                request.model, request.inputs, outputs=request.outputs, client_timeout=self.timeout_s,
+                headers=self.headers,
+            )  # fmt: skip
+        return self._client.infer(request.model, request.inputs, outputs=request.outputs, headers=self.headers)
 
     def _send(self, request: PreparedRequest, stage: str, loop: str, intended: float | None, tolerance: float) -> bool:
         """Send, measure, and report one request; runs in its own greenlet (see ``infer``)."""

@@ -39,6 +39,10 @@ log = logging.getLogger("loadtest")
 _USER_NUMBERS = itertools.count()
 _DRIVER_NUMBERS = itertools.count()
 DRIVER_POLL_S = 0.05  # how often a waiting driver or send re-checks the stage board
+# Sends waiting for a slot, per model and driver, as a multiple of --max-in-flight: beyond it a due send is
+# dropped (and counted) at once instead of becoming one more waiting greenlet. Bounds the driver's memory
+# whatever the rate and however long the server stalls.
+QUEUED_SENDS_PER_SLOT = 4
 
 
 def _start_client(user: User, concurrency: int) -> tuple[TritonClient, dict]:
@@ -54,6 +58,7 @@ def _start_client(user: User, concurrency: int) -> tuple[TritonClient, dict]:
         concurrency=concurrency,
         timeout_s=context.options.request_timeout,
         metrics=lifecycle.STATE.metrics,
+        credentials=context.credentials,
     )
     return client, lifecycle.prepared_requests(context.endpoint.protocol)
 
@@ -130,6 +135,7 @@ class OpenLoopUser(User):
         self.rng = np.random.default_rng([self.options.seed, worker_index, self.number])
         self.cursor = int(self.rng.integers(self.n_payloads))
         self.slots = {m: BoundedSemaphore(self.options.max_in_flight) for m in self.models}
+        self.queue_limit = self.options.max_in_flight * (1 + QUEUED_SENDS_PER_SLOT) * len(self.models)
         self.sends = Group()
         self.stopping = False
 
@@ -190,6 +196,12 @@ class OpenLoopUser(User):
                     index = self.cursor
                     self.cursor = (self.cursor + 1) % self.n_payloads
                     for model in self.models:
+                        if len(self.sends) >= self.queue_limit:  # in flight + waiting: capped, never unbounded
+                            lifecycle.count_dropped(model, stage)
+                            lifecycle.warn_once("queue-full", "loadtest: open-loop sends are dropped (and counted): "
+                                                "%d already in flight or waiting; the server cannot keep up with "
+                                                "the rate (raise --max-in-flight or lower the rate)", self.queue_limit)
+                            continue
                         self.sends.spawn(self._send, model, self.requests[model][index], next_t, stage, version)
                     next_t += self._gap(rate)
         except GreenletExit:

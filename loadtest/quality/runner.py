@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loadtest.credentials import redact_url
 from loadtest.errors import LoadtestError
 from loadtest.quality import metrics as m
 from loadtest.quality.dataset import EncodedInputs, EvalDataset
@@ -252,7 +253,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 "start": started,
                 "end": finished,
                 "models": names,
-                "settings": {k: str(v) for k, v in asdict(settings).items()},
+                "settings": {k: str(redact_url(v) if k == "host" else v) for k, v in asdict(settings).items()},
             },
         )
     result.summary.update(
@@ -260,7 +261,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(finished)),
             "start": started,
             "end": finished,
-            "host": settings.host,
+            "host": redact_url(settings.host),
             "repository": str(repository.path),
             "models": names,
             "max_sequence_length": metadata.max_sequence_length,
