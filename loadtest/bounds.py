@@ -82,3 +82,20 @@ def check_processes(option: str, processes: int | None) -> None:
     if processes is None or processes == -1:
         return
     check_number(option, processes, 1, MAX_PROCESSES, fix="-1 starts one per CPU core")
+
+
+def check_writable_dir(option: str, path) -> None:
+    """``path`` is (or can be made) a directory we can write in: checked before minutes of work, not after.
+
+    Creates the directory if missing (as the command would) but writes nothing else that stays.
+    """
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise LoadtestError(f"{option} {folder}: {exc.strerror or exc}; pick a writable directory") from None

@@ -422,10 +422,12 @@ class _Ticker:
         self._stop = threading.Event()
 
     def __enter__(self) -> "_Ticker":
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                 console=self.console, transient=True)
+        from loadtest.console import make_progress
+
+        self.progress = make_progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                      console=self.console, transient=True)
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=self.expected_s)
         started = time.monotonic()

@@ -64,7 +64,7 @@ def run(
     check_run_options(
         host=host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
         arrival=arrival, stages=stages, batch_size=batch_size, processes=processes, metrics_port=metrics_port,
-        metrics_address=metrics_address, repository=repository, dataset=dataset,
+        metrics_address=metrics_address, repository=repository, dataset=dataset, models=models,
     )  # fmt: skip
     console = output_console()
     echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False, emoji=False))
@@ -103,7 +103,7 @@ def run(
 
 
 def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arrival, stages, batch_size, processes,
-                      metrics_port, metrics_address, repository, dataset) -> None:  # fmt: skip
+                      metrics_port, metrics_address, repository, dataset, models=None) -> None:  # fmt: skip
     """Every option of ``loadtest run`` checked before a run directory exists or Locust starts (one line each)."""
     from loadtest import bounds
     from loadtest.errors import LoadtestError
@@ -126,5 +126,16 @@ def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arriva
     bounds.check_bind_address("--metrics-address", metrics_address)
     if not Path(repository).is_dir():
         raise LoadtestError(f"model repository {repository} not found: pass --repository, a local copy of what Triton serves")
+    from loadtest.repository import ModelRepository
+
+    repo = ModelRepository(repository)
+    names = [m.strip() for m in (models or "").split(",") if m.strip()]
+    if not names:
+        metadata = repo.read_metadata()
+        names = [metadata.teacher, metadata.student]
+    elif (repo.path / "loadtest.json").is_file():
+        repo.read_metadata()
+    for name in dict.fromkeys(names):
+        repo.read_config(name)
     if dataset is not None and not Path(dataset).is_file():
         raise LoadtestError(f"--dataset {dataset} not found: give a JSONL, CSV or Parquet file")

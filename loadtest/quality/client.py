@@ -114,7 +114,13 @@ class TritonEvaluator:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
-            raise LoadtestError(f"Triton at {self.host}: {what}: {exc.message() or exc}") from None
+            text = " ".join(str(exc.message() or exc).split())
+            if self.protocol == "grpc" and ("UNAVAILABLE" in text or "HTTP/2" in text):
+                raise LoadtestError(
+                    f"cannot reach Triton's gRPC at {self.host} ({what}: {text[:200]}); is it running, and is this its "
+                    "gRPC port (usually 8001, HTTP is 8000)?"
+                ) from None
+            raise LoadtestError(f"Triton at {self.host}: {what}: {text}") from None
         except (OSError, ConnectionError) as exc:
             raise LoadtestError(f"cannot reach Triton at {self.host} ({what}): {exc}") from None
         except Exception as exc:  # e.g. HTTP spoken to the gRPC port: the answer is not HTTP at all

@@ -181,8 +181,10 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     from loadtest.repository import ModelRepository
 
     console = console or Console(stderr=True)
-    if settings.batch_size < 1:
-        raise LoadtestError("--batch-size must be at least 1")
+    from loadtest import bounds
+
+    bounds.check_number("--batch-size", settings.batch_size, 1, bounds.MAX_BATCH_SIZE)
+    bounds.check_number("--timeout", settings.timeout_s, 0, bounds.MAX_TIMEOUT_S, low_open=True, unit="s")
     if not 0.0 < settings.rare_threshold < 1.0:
         raise LoadtestError("--rare-threshold is a fraction of the evaluation set, between 0 and 1 (e.g. 0.1)")
     if not 0.0 < settings.hard_margin <= 1.0:
@@ -191,6 +193,8 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
         raise LoadtestError("--min-slice-n must be at least 1")
     if settings.run_dir is not None:
         store.check_writable(settings.run_dir, settings.overwrite)
+    else:
+        bounds.check_writable_dir("--results", settings.results)
 
     repository = ModelRepository(settings.repository)
     if not repository.path.is_dir():
