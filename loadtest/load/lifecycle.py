@@ -594,9 +594,17 @@ def _finalize(environment) -> None:
     _end_test()
 
 
-def _finalize_master(environment, wait_s: float = 3.0) -> None:
-    """Master: wait briefly for every worker's final report, then snapshot and write the manifest."""
-    deadline = time.monotonic() + wait_s
+FINAL_REPORT_WAIT_S = 30.0
+
+
+def _finalize_master(environment, wait_s: float = FINAL_REPORT_WAIT_S) -> None:
+    """Master: wait for every worker's final report, then snapshot and write the manifest.
+
+    Workers stopped by a signal (SIGTERM to ``loadtest run``) can take seconds on a busy machine to finish
+    their in-flight requests; their final report carries their last rows and Locust's last stats, so the
+    manifest waits for it (up to ``wait_s`` beyond the stop timeout) rather than record stale counts.
+    """
+    deadline = time.monotonic() + wait_s + (environment.stop_timeout or 0)
     while time.monotonic() < deadline:
         reports = STATE.worker_reports.values()
         if reports and all(r.get("final") for r in reports) and len(reports) >= len(environment.runner.clients):
@@ -631,5 +639,5 @@ def _end_test() -> None:
 @events.quitting.add_listener
 def on_quitting(environment, **_kw) -> None:
     if STATE.finalizer is not None:
-        STATE.finalizer.join(timeout=10)
+        STATE.finalizer.join(timeout=FINAL_REPORT_WAIT_S + (environment.stop_timeout or 0) + 10)
         STATE.finalizer = None

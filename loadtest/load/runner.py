@@ -269,6 +269,7 @@ def run_locust(
         finally:
             if process.poll() is None:  # an exception (not a signal we forward): never leave Locust loading
                 _stop(process)
+            _end_group(process.pid, grace_s=STOP_GRACE_S)  # a worker that outlived its master
             reader.join(timeout=5)
     removed = _remove_if_not_started(target, process.returncode, run_dir is None)
     if received and not return_on_signal:
@@ -278,11 +279,13 @@ def run_locust(
 
 
 class _forward_signals:
-    """While Locust runs, SIGINT/SIGTERM to this process go to Locust's whole process group as SIGINT.
+    """While Locust runs, SIGINT/SIGTERM to this process reach Locust's process group through its main process.
 
     Why: Locust's group (master and ``--processes`` workers) lives in its own session so that a terminal's
     Ctrl-C does not hit it twice; a SIGTERM from a supervisor (systemd, CI, ``timeout``) to ``loadtest run``
-    must still stop the load and let Locust finalise its records and manifest.
+    must still stop the load and let Locust finalise its records and manifest. The main process gets SIGINT
+    and stops its workers over Locust's own protocol, so their final reports arrive; after the child exits,
+    ``run_locust`` ends any process left in the group.
     """
 
     def __init__(self, received: list[int]):
@@ -293,8 +296,8 @@ class _forward_signals:
     def _handle(self, signum, _frame) -> None:
         self.received.append(signum)
         if self.process is not None and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGINT)
+            try:  # Locust's main process stops its workers itself (and collects their last reports)
+                os.kill(self.process.pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
 
@@ -336,12 +339,34 @@ def _remove_if_not_started(target: Path, exit_code: int, created_here: bool) -> 
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGINT the child's process group (Locust stops cleanly and writes its records), then SIGKILL."""
+    """SIGINT Locust's main process (it stops its workers, and every process writes its records), then, after a
+    grace period, SIGKILL the whole group: no worker outlives the run."""
     try:
-        os.killpg(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGINT)
         process.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        pass
     except ProcessLookupError:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL if process.poll() is None else 0)
+    except (ProcessLookupError, PermissionError):
+        return
+    if process.poll() is None:
+        process.wait()
+    else:  # the main process is gone; its workers may not be (a hung worker): end the group
+        _end_group(process.pid)
+
+
+def _end_group(pgid: int, grace_s: float = 5.0) -> None:
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass

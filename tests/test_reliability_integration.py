@@ -1,0 +1,174 @@
+"""Faults a demanding user meets, reproduced against the real embedded Triton (issue: reliability and security).
+
+- a password in ``--host`` and a token header never reach any file under results/, over real HTTPS and
+  gRPC-TLS (a TLS-terminating proxy with a self-signed certificate in front of Triton);
+- SIGTERM to ``loadtest run`` stops Locust's whole process group (``--processes`` workers too) and the run
+  is finalised: manifest closed, records == Locust == Triton's success delta; every listening socket of
+  the load generator (metrics endpoints, Locust's master port) is on loopback;
+- an open-loop rate far above what a stalled server answers keeps its in-flight work capped: sends beyond
+  the cap are dropped and counted, not piled up as greenlets.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import psutil
+import pyarrow.compute as pc
+import pytest
+from _load_helpers import Staller, success_delta, triton_success
+from _tls_proxy import TLSProxy, self_signed_cert
+
+from loadtest.cli import run_cli
+from loadtest.load.records import read_records
+from loadtest.load.runner import run_locust
+from loadtest.repository import ModelRepository
+
+SECRET = "Pa55-w0rd-never-written"
+TOKEN = "tok-7f3a9c-never-written"
+
+
+def _files_containing(root, needles: list[bytes]) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path}: {n!r}" for n in needles if n in data]
+    return found
+
+
+def _eval_csv(repository, path):
+    labels = ModelRepository(repository).read_metadata().labels
+    rows = [{"text": f"the service answered request {i} quickly", "label": labels[i % len(labels)]} for i in range(24)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_credentials_never_written_over_https_and_grpc_tls(triton_server, tmp_path, monkeypatch, capsys):
+    cert, key = self_signed_cert(tmp_path)
+    https = TLSProxy(cert, key, triton_server.http_port)
+    grpcs = TLSProxy(cert, key, triton_server.grpc_port, alpn=["h2"])
+    monkeypatch.setenv("LOADTEST_SSL_CA_FILE", str(cert))
+    monkeypatch.setenv("LOADTEST_HTTP_HEADERS", f"X-Api-Key: {TOKEN}")
+    results = tmp_path / "results"
+    common = ["--repository", str(triton_server.repository), "-u", "2", "-r", "2", "-t", "3s", "--results-dir",
+              str(results), "--metrics-port", "0", "--triton-metrics-url", triton_server.metrics_url, "--quiet"]
+    try:
+        host = f"https://analyst:{SECRET}@127.0.0.1:{https.port}"
+        assert run_cli(["run", "steady", "--host", host, *common]) == 0, capsys.readouterr()
+        http_run = max(results.iterdir())
+        grpc_host = f"grpcs://analyst:{SECRET}@127.0.0.1:{grpcs.port}"
+        assert run_cli(["run", "steady", "--host", grpc_host, *common]) == 0, capsys.readouterr()
+        grpc_run = max(p for p in results.iterdir() if p != http_run)
+        dataset = _eval_csv(triton_server.repository, tmp_path / "eval.csv")
+        assert run_cli(["eval", "--dataset", str(dataset), "--repo", str(triton_server.repository), "--host", host,
+                        "--run-dir", str(http_run), "--bootstrap-resamples", "100"]) == 0, capsys.readouterr()
+        assert run_cli(["analyze", str(http_run)]) == 0, capsys.readouterr()
+    finally:
+        https.close()
+        grpcs.close()
+    output = capsys.readouterr()
+    for run_dir, protocol in ((http_run, "http"), (grpc_run, "grpc")):
+        table = read_records(run_dir)
+        assert table.num_rows > 0 and pc.all(table["success"]).as_py(), table["error"].unique()
+        assert set(table["protocol"].to_pylist()) == {protocol}
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert manifest["host"].startswith(("https://127.0.0.1", "grpcs://127.0.0.1"))
+        assert manifest["credentials"]["basic_auth"] and manifest["credentials"]["headers"] == ["X-Api-Key"]
+    assert https.handshakes > 0 and grpcs.handshakes > 0  # really over TLS
+    sent = b"\n".join(https.first_bytes).lower()
+    basic = base64.b64encode(f"analyst:{SECRET}".encode())
+    assert b"authorization: basic " + basic.lower() in sent and f"x-api-key: {TOKEN}".lower().encode() in sent
+    for name in ("manifest.json", "locust.html", "quality/summary.json", "report.html", "locust.log"):
+        assert (http_run / name).is_file(), name
+    needles = [SECRET.encode(), basic, TOKEN.encode(), str(key.read_text()).splitlines()[1].encode()]
+    assert _files_containing(results, needles) == []
+    assert SECRET not in output.out + output.err and TOKEN not in output.out + output.err
+
+
+def _listening(pids: set[int]) -> list[tuple[str, int, int]]:
+    return [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids]  # fmt: skip
+
+
+def test_sigterm_reaches_locust_group_and_run_finalises(triton_server, tmp_path):
+    """SIGTERM to `loadtest run --processes 2`: every Locust process stops, the manifest is finalised, counts agree."""
+    from loadtest.serving.ports import free_port
+
+    results = tmp_path / "results"
+    metrics_port = free_port()
+    before = triton_success(triton_server.metrics_url)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.cli", "run", "steady", "--host", triton_server.http_url, "--repository",
+         str(triton_server.repository), "-u", "4", "-r", "4", "-t", "90s", "--processes", "2", "--results-dir",
+         str(results), "--metrics-port", str(metrics_port), "--triton-metrics-url", triton_server.metrics_url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = parent.stdout.readline()
+            lines.append(line)
+            if "run directory" in line or not line:
+                break
+        assert any("run directory" in line for line in lines), "".join(lines)
+        time.sleep(3)  # load for a while: workers spawned and sending
+        group = {p.pid for p in psutil.Process(parent.pid).children(recursive=True)}
+        assert len(group) >= 3, "master and two workers"
+        sockets = _listening(group)
+        assert {port for _, port, _ in sockets} >= {metrics_port, metrics_port + 1, metrics_port + 2}
+        assert all(ip in ("127.0.0.1", "::1") for ip, _, _ in sockets), sockets
+        parent.send_signal(signal.SIGTERM)
+        rest, _ = parent.communicate(timeout=90)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    output = "".join(lines) + rest
+    assert parent.returncode == 128 + signal.SIGTERM, output
+    assert "SIGTERM: the load was stopped and the run finalised" in output
+    time.sleep(0.5)
+    alive = [pid for pid in group if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], "Locust processes still running after SIGTERM"
+    delta = success_delta(before, triton_success(triton_server.metrics_url))
+    run_dir = next(results.iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    table = read_records(run_dir)
+    assert manifest["end"] is not None and manifest["end"] - manifest["start"] < 60  # stopped early, not at -t
+    assert table.num_rows == manifest["records"]["rows"] == manifest["locust"]["requests"] == sum(delta.values())
+
+
+def test_open_loop_in_flight_work_is_capped(triton_server, tmp_path):
+    """A 3 s SIGSTOP under 300 req/s per model with --max-in-flight 2: waiting sends are capped, drops counted."""
+    staller = Staller(triton_server.tritonserver_pid, delay_s=1.5, pause_s=3.0)
+
+    def watch(line: str) -> None:
+        if "run directory" in line:
+            staller.trigger()
+
+    try:
+        run = run_locust(
+            "open_loop", triton_server.http_url, repository=triton_server.repository, results_dir=tmp_path / "results",
+            arrival_rate=300, run_time=6, max_in_flight=2, metrics_port=0, triton_metrics_url="none",
+            on_output=watch, timeout_s=120,
+        )  # fmt: skip
+    finally:
+        staller.join()
+    assert run.exit_code in (0, 1), "\n".join(run.output_tail[-30:])
+    manifest = run.manifest()
+    dropped = sum(n for stages in manifest["dropped"].values() for n in stages.values())
+    assert dropped > 0, manifest["dropped"]
+    assert any("open-loop sends are dropped" in line for line in run.output_tail)
+    table = read_records(run.run_dir)
+    assert table.num_rows == manifest["records"]["rows"]
+    # every send is either a record or a counted drop: nothing vanished
+    late = np.asarray(table["late"].to_pylist())
+    assert late.any()
