@@ -80,3 +80,60 @@ def test_a_difference_inside_the_noise_threshold_is_not_significant():
 def test_too_few_samples_is_said_not_guessed():
     d = stats.percentile_difference(np.array([0.1]), np.array([0.2, 0.3]))
     assert not d.significant and math.isnan(d.difference_s) and "too few" in d.verdict
+
+
+# ---- scale: the same figures without per-request work (issue 14, analyzer scale) -------------------------
+
+
+def test_sorted_percentiles_equal_numpy_bit_for_bit():
+    rng = np.random.default_rng(7)
+    ps = [0, 0.1, 1, 25, 50, 90, 95, 99, 99.9, 99.99, 100, 100 / 3]
+    for n in [*range(1, 30), 299, 1000, 12_345]:
+        for x in (rng.lognormal(0, 1, n), rng.integers(0, 5, n).astype(float)):
+            x.sort()
+            assert np.array_equal(stats.sorted_percentiles(x, ps), np.percentile(x, ps))
+            assert stats.sorted_percentiles(x, 95.0) == np.percentile(x, 95.0)
+
+
+@pytest.mark.parametrize("n", [2, 71, 72, 367, 368, 1000, 5003])
+def test_every_ci_equals_scipys_quantile_test(n):
+    x = np.random.default_rng(n).lognormal(0, 1, n)
+    for p, est in stats.estimates(x).items():
+        ci = sst.quantile_test(x, q=est.value, p=p / 100).confidence_interval(0.95)
+        assert (est.ci_low, est.ci_high) == pytest.approx((ci.low, ci.high), nan_ok=True, rel=0, abs=0)
+
+
+@pytest.mark.parametrize("n, p", [(40, 95.0), (1000, 95.0), (1000, 50.0), (3001, 99.0)])
+def test_order_statistic_bootstrap_draws_what_resampling_draws(n, p):
+    """The percentile of a resample drawn from order statistics has the distribution of brute-force resampling."""
+    rng = np.random.default_rng(11)
+    x = np.sort(rng.lognormal(0, 0.5, n))
+    fast = stats.bootstrap_percentiles(x, p, 20_000, np.random.default_rng(1))
+    idx = np.random.default_rng(2).integers(0, n, size=(4_000, n))
+    brute = np.percentile(x[idx], p, axis=1)
+    spread = np.percentile(brute, 97.5) - np.percentile(brute, 2.5)
+    for q in (2.5, 25, 50, 75, 97.5):
+        assert abs(np.percentile(fast, q) - np.percentile(brute, q)) < 0.06 * spread, q
+    assert sst.ks_2samp(fast, brute).pvalue > 1e-3
+
+
+def test_difference_ci_agrees_with_scipy_bootstrap_on_small_data():
+    rng = np.random.default_rng(12)
+    student, teacher = rng.lognormal(np.log(0.010), 0.4, 1500), rng.lognormal(np.log(0.011), 0.4, 1400)
+    d = stats.percentile_difference(student, teacher, resamples=20_000)
+    ref = sst.bootstrap(
+        (student, teacher), lambda a, b, axis=-1: np.percentile(a, 95, axis=axis) - np.percentile(b, 95, axis=axis),
+        n_resamples=20_000, vectorized=True, method="percentile", rng=np.random.default_rng(0),
+    ).confidence_interval
+    width = ref.high - ref.low
+    assert d.ci_low_s == pytest.approx(ref.low, abs=0.05 * width)
+    assert d.ci_high_s == pytest.approx(ref.high, abs=0.05 * width)
+    assert (d.n_student, d.n_teacher) == (1500, 1400)
+
+
+def test_difference_is_seeded_and_order_free():
+    rng = np.random.default_rng(13)
+    a, b = rng.lognormal(0, 0.3, 5000), rng.lognormal(0.05, 0.3, 5000)
+    first = stats.percentile_difference(a, b)
+    assert stats.percentile_difference(rng.permutation(a), np.sort(b)) == first
+    assert stats.percentile_difference(a, b, seed=1) != first

@@ -155,8 +155,12 @@ def _record(i: int, latency: float) -> Record:
 
 def test_record_schema_is_the_contract():
     assert COLUMNS == ("intended_start", "start", "end", "latency_s", "service_time_s", "model", "protocol",
-                       "batch_size", "tokens", "success", "error", "stage", "loop", "late", "worker", "scenario")  # fmt: skip
+                       "batch_size", "tokens", "success", "error", "stage", "loop", "late", "worker", "scenario",
+                       "ttft_s", "input_tokens", "output_tokens", "token_count_source", "chunks", "chunk_gap_mean_s",
+                       "chunk_gap_max_s")  # fmt: skip
     types = {f.name: f.type for f in SCHEMA}
+    generative = ("ttft_s", "input_tokens", "output_tokens", "token_count_source", "chunks", "chunk_gap_mean_s")
+    assert all(SCHEMA.field(name).nullable for name in generative)  # classifier rows leave them empty
     assert types["latency_s"] == pa.float64() and types["batch_size"] == pa.int32() and types["tokens"] == pa.int64()
     assert types["success"] == pa.bool_() and types["late"] == pa.bool_() and types["error"] == pa.string()
     assert SCHEMA.field("error").nullable

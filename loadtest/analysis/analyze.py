@@ -19,7 +19,7 @@ from loadtest.analysis import server_metrics as sm
 from loadtest.analysis import stats
 from loadtest.analysis.capacity import Capacity, StepResult, StepRules, capacity_at_budget, run_steps
 from loadtest.analysis.costs import DEFAULT_GRID_G_PER_KWH, CostBook, CostFigures, cost_figures, load_cost_book
-from loadtest.analysis.records import ALL_STAGES, RunData, after_warmup, completed_within, load_run, window_of
+from loadtest.analysis.records import ALL_STAGES, RunData, completed_within, distinct, load_run, stage_frames, window_of
 from loadtest.errors import LoadtestError
 
 DEFAULT_BUDGET_MS = 100.0
@@ -32,7 +32,7 @@ class Reference:
     model: str
     stage: str  # ALL_STAGES, or the at-budget step of a sweep
     description: str
-    latencies_s: np.ndarray = field(repr=False)
+    latencies_s: np.ndarray = field(repr=False)  # successful requests' latencies, sorted ascending
     basis: str = "whole run"  # "whole run", "matched load" or "at budget" (loads differ between models)
 
 
@@ -105,37 +105,50 @@ class BaselineComparison:
 # latency table
 
 
+@dataclass(frozen=True)
+class StageWindow:
+    """One model's records in one stage after warm-up, its measurement window and what completed in it."""
+
+    stage: str
+    window: tuple[float, float]
+    frame: pd.DataFrame = field(repr=False)
+    in_window: np.ndarray = field(repr=False)  # successful and answered by the window's end (throughput)
+    loops: tuple[str, ...] = ()  # "open" and/or "closed"
+
+
 def _latency_row(
-    run: RunData, model: str, stage: str, frame: pd.DataFrame, window_s: float, snaps: list[sm.Snapshot],
+    run: RunData, model: str, stage: str, parts: list[StageWindow], window_s: float, snaps: list[sm.Snapshot],
     windows: list[tuple[float, float]], percentile: float,
 ) -> dict[str, Any]:
-    ok = frame[frame["success"]]
-    lat = ok["latency_s"].to_numpy()
-    done = frame[frame["in_window"]] if "in_window" in frame else ok
+    lat = _sorted_latencies(run, model, parts)
+    tokens_done = sum(float(p.frame["tokens"].to_numpy()[p.in_window].sum()) for p in parts)
+    done = sum(int(p.in_window.sum()) for p in parts)
+    requests = sum(len(p.frame) for p in parts)
+    loops = sorted({v for p in parts for v in p.loops})
     row: dict[str, Any] = {
         "model": model,
         "role": run.role(model),
         "stage": stage,
-        "loop": ",".join(sorted(set(frame["loop"].astype(str)))),
+        "loop": ",".join(loops),
         "window_s": window_s,
-        "requests": len(frame),
-        "successes": len(ok),
-        "errors": len(frame) - len(ok),
-        "error_rate": (len(frame) - len(ok)) / len(frame) if len(frame) else math.nan,
-        "late": int(frame["late"].sum()),
+        "requests": requests,
+        "successes": int(lat.size),
+        "errors": requests - int(lat.size),
+        "error_rate": (requests - lat.size) / requests if requests else math.nan,
+        "late": int(sum(int(p.frame["late"].to_numpy().sum()) for p in parts)),
         "dropped": _dropped(run, model, stage),
-        "achieved_qps": len(done) / window_s if window_s > 0 else math.nan,
-        "tokens_per_s": float(done["tokens"].sum()) / window_s if window_s > 0 else math.nan,
+        "achieved_qps": done / window_s if window_s > 0 else math.nan,
+        "tokens_per_s": tokens_done / window_s if window_s > 0 else math.nan,
         "mean_ms": float(lat.mean() * 1000) if lat.size else math.nan,
     }
-    ests = stats.estimates(lat, tuple(sorted(set(stats.REPORTED_PERCENTILES) | {percentile})))
+    ests = stats.estimates(lat, tuple(sorted(set(stats.REPORTED_PERCENTILES) | {percentile})), presorted=True)
     for p, est in ests.items():
         key = stats.percentile_key(p)
         row[f"{key}_ms"] = est.value * 1000 if est.ci_ok else math.nan
         row[f"{key}_ci_low_ms"] = est.ci_low * 1000 if est.ci_ok else math.nan
         row[f"{key}_ci_high_ms"] = est.ci_high * 1000 if est.ci_ok else math.nan
         row[f"{key}_note"] = est.note
-    row["max_ms"] = float(lat.max() * 1000) if lat.size else math.nan
+    row["max_ms"] = float(lat[-1] * 1000) if lat.size else math.nan
     # server side: sum the counter deltas over the windows this row covers
     splits = [sm.server_split(snaps, model, a, b, tight=stage != ALL_STAGES) for a, b in windows]
     if stage == ALL_STAGES and len(windows) > 1:
@@ -152,6 +165,17 @@ def _latency_row(
     return row
 
 
+def _sorted_latencies(run: RunData, model: str, parts: list[StageWindow]) -> np.ndarray:
+    """Successful requests' latencies over some stages, sorted once (the latency row and the reference share it)."""
+    cache = run.cache.setdefault("sorted_latencies", {})
+    key = (model, tuple(p.stage for p in parts))
+    if key not in cache:
+        lat = np.concatenate([p.frame["latency_s"].to_numpy()[p.frame["success"].to_numpy()] for p in parts])
+        lat.sort()
+        cache[key] = lat
+    return cache[key]
+
+
 def _dropped(run: RunData, model: str, stage: str) -> float:
     if not run.dropped and "dropped" not in run.manifest:  # not recorded, which is not zero
         return math.nan
@@ -160,31 +184,32 @@ def _dropped(run: RunData, model: str, stage: str) -> float:
     return float(run.dropped.get((model, stage), 0))
 
 
-def _model_windows(run: RunData, model: str) -> list[tuple[str, tuple[float, float], pd.DataFrame]]:
-    out = []
-    recs = run.records
-    mine = recs[recs["model"] == model]
-    for stage in pd.unique(mine["stage"].astype(str)):
-        info = run.stages.get(stage)
-        frame = after_warmup(mine[mine["stage"] == stage], info)
-        if len(frame):
-            window = window_of(frame, info)
-            frame = frame.assign(in_window=completed_within(frame, window[1]))
-            out.append((stage, window, frame))
-    out.sort(key=lambda item: item[1][0])
-    return out
+def _model_windows(run: RunData, model: str) -> list[StageWindow]:
+    """The model's stages in the order they ran (computed once per run: every table reads them)."""
+    cache = run.cache.setdefault("model_windows", {})
+    if model not in cache:
+        out = []
+        for (m, stage), frame in stage_frames(run).items():
+            if m != model:
+                continue
+            window = window_of(frame, run.stages.get(stage))
+            out.append(StageWindow(stage, window, frame, completed_within(frame, window[1]).to_numpy(),
+                                   tuple(distinct(frame["loop"]))))
+        out.sort(key=lambda part: part.window[0])
+        cache[model] = out
+    return cache[model]
 
 
 def latency_table(run: RunData, snaps: list[sm.Snapshot], percentile: float) -> pd.DataFrame:
     rows = []
     for model in run.models:
         parts = _model_windows(run, model)
-        for stage, (a, b), frame in parts:
-            rows.append(_latency_row(run, model, stage, frame, b - a, snaps, [(a, b)], percentile))
+        for part in parts:
+            (a, b) = part.window
+            rows.append(_latency_row(run, model, part.stage, [part], b - a, snaps, [(a, b)], percentile))
         if len(parts) > 1:
-            frame = pd.concat([f for _, _, f in parts])
-            total = sum(b - a for _, (a, b), _ in parts)
-            rows.append(_latency_row(run, model, ALL_STAGES, frame, total, snaps, [w for _, w, _ in parts], percentile))
+            total = sum(p.window[1] - p.window[0] for p in parts)
+            rows.append(_latency_row(run, model, ALL_STAGES, parts, total, snaps, [p.window for p in parts], percentile))
         elif parts:
             row = dict(rows[-1])
             row["stage"] = ALL_STAGES
@@ -276,16 +301,11 @@ def _rules_and_budget(run: RunData, budget_ms: float | None, percentile: float |
 
 
 def _reference(run: RunData, model: str, latency: pd.DataFrame, stage: str, desc: str, basis: str) -> tuple[Reference, dict]:
-    """The latency row and raw successful latencies of one model over its reference stage."""
+    """The latency row and raw successful latencies (sorted) of one model over its reference stage."""
     rows = latency[latency["model"] == model]
     row = rows[rows["stage"] == stage].iloc[0].to_dict()
-    if stage == ALL_STAGES:
-        frame = pd.concat([f for _, _, f in _model_windows(run, model)])
-    else:
-        frame = after_warmup(run.records[(run.records["model"] == model) & (run.records["stage"] == stage)],
-                             run.stages.get(stage))
-    lat = frame.loc[frame["success"], "latency_s"].to_numpy()
-    return Reference(model, stage, desc, lat, basis), row
+    parts = [p for p in _model_windows(run, model) if stage == ALL_STAGES or p.stage == stage]
+    return Reference(model, stage, desc, _sorted_latencies(run, model, parts), basis), row
 
 
 def _at_budget_step(steps: list[StepResult], model: str, cap: Capacity | None) -> StepResult | None:
@@ -334,17 +354,17 @@ def _energy(run: RunData, model: str, ref_stage: str, snaps: list[sm.Snapshot], 
     W x 1 s / tokens-per-second-at-budget, the energy counterpart of cost per token, attributable to each
     model even when both ran together.
     """
-    parts = [p for p in _model_windows(run, model) if ref_stage == ALL_STAGES or p[0] == ref_stage]
+    parts = [p for p in _model_windows(run, model) if ref_stage == ALL_STAGES or p.stage == ref_stage]
     if not parts:
         return None, None, None, "no records", False
-    windows = [w for _, w, _ in parts]
-    tokens = float(sum(f.loc[f["in_window"], "tokens"].sum() for _, _, f in parts))
+    windows = [p.window for p in parts]
+    tokens = float(sum(p.frame["tokens"].to_numpy()[p.in_window].sum() for p in parts))
     window_s = sum(b - a for a, b in windows)
     if not gpu and inst.declared_power_w:
         label = f"declared {inst.declared_power_w:g} W (estimate)"
         if cap is not None and cap.tokens_per_s_at_budget:
             return inst.declared_power_w, 1.0, cap.tokens_per_s_at_budget, label + " at the budget's tokens/s", True
-    others = [w for m in run.models if m != model for _, w, _ in _model_windows(run, m)]
+    others = [p.window for m in run.models if m != model for p in _model_windows(run, m)]
     overlap = sum(max(0.0, min(b, d) - max(a, c)) for a, b in windows for c, d in others)
     if overlap > 0.05 * window_s:
         return None, window_s, tokens, "not attributable: another model was under load at the same time", False
@@ -368,7 +388,7 @@ def compute(
     prometheus_url: str | None = None,
     grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH,
     rules: StepRules | None = None,
-    bootstrap_resamples: int = 2000,
+    bootstrap_resamples: int = 10_000,
 ) -> Analysis:
     """All figures of a run, without writing anything."""
     run = load_run(run_dir)
@@ -425,7 +445,7 @@ def compute(
         rules=rules, latency=latency, steps=steps, capacity=capacity, costs=costs, cost_book=book,
         comparison=comparison, difference=difference, references=references, power=sm.power_series(snaps),
         grid_g_per_kwh=grid_g_per_kwh, verdict="", notes=notes, manifest=run.manifest,
-        windows={m: [(st, a, b) for st, (a, b), _ in _model_windows(run, m)] for m in run.models},
+        windows={m: [(p.stage, *p.window) for p in _model_windows(run, m)] for m in run.models},
     )
     from loadtest.analysis.verdict import verdict
 

@@ -18,7 +18,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from loadtest.analysis import stats
-from loadtest.analysis.records import RunData, StageInfo, after_warmup, completed_within, window_of
+from loadtest.analysis.records import RunData, StageInfo, completed_within, stage_frames, window_of
 
 
 class StepRules(BaseModel):
@@ -133,9 +133,11 @@ def step_result(
     scheduled = len(frame) + dropped
     start, end = window_of(frame, info)
     duration = max(end - start, 1e-9)
-    ok = frame[frame["success"]]
-    lat = ok["latency_s"].to_numpy()
-    done = frame[completed_within(frame, end)]
+    success = frame["success"].to_numpy()
+    lat = frame["latency_s"].to_numpy()[success]
+    done_mask = completed_within(frame, end).to_numpy()
+    done_end = frame["end"].to_numpy()[done_mask]
+    done_tokens = float(frame["tokens"].to_numpy()[done_mask].sum())
     est = stats.estimate(lat, percentile)
     loop = str(frame["loop"].iloc[0]) if len(frame) else (info.loop if info and info.loop else "open")
     offered = info.offered_rate if info else None
@@ -147,10 +149,10 @@ def step_result(
         users=info.users if info else None,
         duration_s=duration,
         requests=len(frame),
-        successes=len(ok),
-        error_rate=(1 - len(ok) / len(frame)) if len(frame) else math.nan,
-        achieved_qps=len(done) / duration,
-        tokens_per_s=float(done["tokens"].sum()) / duration,
+        successes=int(lat.size),
+        error_rate=(1 - lat.size / len(frame)) if len(frame) else math.nan,
+        achieved_qps=done_end.size / duration,
+        tokens_per_s=done_tokens / duration,
         percentile=percentile,
         latency_ms=est.value * 1000,
         ci_low_ms=est.ci_low * 1000,
@@ -159,15 +161,15 @@ def step_result(
     # stability: equal consecutive windows of the measured period, by intended send time
     k = rules.stability_windows
     unstable_latency = unstable_qps = False
-    if k > 1 and len(ok):
+    if k > 1 and lat.size:
         edges = np.linspace(start, end, k + 1)
-        which = np.clip(np.searchsorted(edges, ok["intended_start"].to_numpy(), side="right") - 1, 0, k - 1)
+        sent = frame["intended_start"].to_numpy()[success]
+        which = np.clip(np.searchsorted(edges, sent, side="right") - 1, 0, k - 1)
         parts = [lat[which == i] for i in range(k)]
         # judge the chosen percentile where every window can bound it, else the median
         p_stab = percentile if all(x.size >= stats.min_samples_for_ci(percentile) for x in parts) else 50.0
         ests = [stats.estimate(x, p_stab) for x in parts]
         result.window_latency_ms = [e.value * 1000 for e in ests]
-        done_end = done["end"].to_numpy()
         counts = [int(((done_end > edges[i]) & (done_end <= edges[i + 1])).sum()) for i in range(k)]
         result.window_qps = [c / (edges[i + 1] - edges[i]) for i, c in enumerate(counts)]
         unstable_latency = _drifting(ests, rules.stability_threshold)
@@ -183,9 +185,9 @@ def step_result(
         reasons.append(f"{result.successes} requests < {need}")
     if result.error_rate > rules.max_error_rate:
         reasons.append(f"error rate {result.error_rate:.1%} > {rules.max_error_rate:.1%}")
-    if offered and loop == "open" and len(done) < rules.min_achieved_ratio * scheduled:
+    if offered and loop == "open" and done_end.size < rules.min_achieved_ratio * scheduled:
         reasons.append(
-            f"answered {len(done)} of {scheduled} scheduled sends in the window (< {rules.min_achieved_ratio:.0%}; "
+            f"answered {done_end.size} of {scheduled} scheduled sends in the window (< {rules.min_achieved_ratio:.0%}; "
             f"{result.achieved_qps:.1f}/s at {offered:g}/s offered)"
         )
     result.drifting = unstable_latency  # judged against the budget: StepResult.drifts_past
@@ -200,17 +202,18 @@ def step_result(
 
 def run_steps(run: RunData, rules: StepRules, percentile: float) -> list[StepResult]:
     """Every (model, stage) pair of a run as a step, in the order the stages ran."""
+    frames = stage_frames(run)
+    first: dict[str, float] = {}
+    for (_, stage), frame in frames.items():
+        first[stage] = min(first.get(stage, math.inf), float(frame["intended_start"].min()))
     out: list[StepResult] = []
-    recs = run.records
-    order = recs.groupby("stage", observed=True)["intended_start"].min().sort_values().index
-    for stage in order:
-        info = run.stages.get(str(stage))
-        part = recs[recs["stage"] == stage]
+    for stage in sorted(first, key=first.get):
+        info = run.stages.get(stage)
         for model in run.models:
-            frame = after_warmup(part[part["model"] == model], info)
-            if len(frame) == 0:
+            frame = frames.get((model, stage))
+            if frame is None:
                 continue
-            out.append(step_result(frame, model, str(stage), info, rules, percentile, run.dropped.get((model, str(stage)), 0)))
+            out.append(step_result(frame, model, stage, info, rules, percentile, run.dropped.get((model, stage), 0)))
     return out
 
 

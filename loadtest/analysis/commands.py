@@ -50,9 +50,13 @@ def analyze(
     ),
     grid_g_per_kwh: float = typer.Option(475.0, "--grid-g-per-kwh", help=GRID_HELP),
     steps: bool = typer.Option(True, "--steps/--no-steps", help="Print the per-step table too."),
+    slo: str | None = typer.Option(
+        None, "--slo", help="Generative runs: per-request SLO for goodput, ttft_ms=N,itl_ms=N[,e2e_ms=N]."
+    ),
 ) -> None:
     """Build the tables, teacher-vs-student comparison and report.html of a run directory."""
     from loadtest.analysis.analyze import analyze_run
+    from loadtest.analysis.generative import is_generative_run
     from loadtest.analysis.terminal import render_terminal
 
     _check_budget(budget_ms, percentile)
@@ -62,12 +66,26 @@ def analyze(
 
         load_cost_book(cost_file)
     console = output_console()
+    if is_generative_run(run_dir):
+        analyze_generative(run_dir, slo, cost_file, instance, console)
+        return
     with console.status(f"analyzing {run_dir}"):
         result = analyze_run(
             run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance,
             baseline=baseline, prometheus_url=prometheus_url, grid_g_per_kwh=grid_g_per_kwh,
         )
     render_terminal(result, console, steps=steps)
+
+
+def analyze_generative(run_dir: Path, slo: str | None, cost_file: Path | None, instance: str | None, console) -> None:
+    """TTFT/ITL/E2E, tokens/s, goodput, cost and energy of a generative run, its tables and report.html."""
+    from loadtest.analysis import generative, generative_report
+
+    objective = generative.SLO.parse(slo)
+    with console.status(f"analyzing {run_dir}"):
+        result = generative.compute(run_dir, objective, cost_file=cost_file, instance=instance)
+        tables, report = generative_report.write_outputs(result)
+    generative_report.render_terminal(result, console, tables, report)
 
 
 def sweep(

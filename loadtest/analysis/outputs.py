@@ -29,11 +29,12 @@ def significance_frame(a: "Analysis") -> pd.DataFrame:
     d = a.difference
     if d is None:
         return pd.DataFrame(columns=["percentile", "difference_ms", "ci_low_ms", "ci_high_ms", "noise_threshold_ms",
-                                     "resamples", "significant", "verdict"])
+                                     "resamples", "n_student", "n_teacher", "seed", "significant", "verdict"])
     return pd.DataFrame([{
         "percentile": d.p, "difference_ms": d.difference_s * 1000, "ci_low_ms": d.ci_low_s * 1000,
         "ci_high_ms": d.ci_high_s * 1000, "noise_threshold_ms": d.noise_threshold_s * 1000,
-        "resamples": d.resamples, "significant": d.significant, "verdict": d.verdict,
+        "resamples": d.resamples, "n_student": d.n_student, "n_teacher": d.n_teacher, "seed": d.seed,
+        "significant": d.significant, "verdict": d.verdict,
     }])
 
 

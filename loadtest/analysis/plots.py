@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from loadtest.analysis import stats
+
 if TYPE_CHECKING:  # pragma: no cover
     from loadtest.analysis.analyze import Analysis
 
@@ -101,7 +103,7 @@ def latency_cdf(a: "Analysis") -> str | None:
     for model, ref in a.references.items():
         if ref.latencies_s.size == 0:
             continue
-        xs = np.percentile(ref.latencies_s * 1000, qs)
+        xs = stats.sorted_percentiles(ref.latencies_s, qs) * 1000  # references are sorted
         ax.plot(xs, qs / 100, color=_color(a, model), lw=1.8, label=f"{model} (n={ref.latencies_s.size:,})")
     for p in (0.5, 0.95, 0.99):
         ax.axhline(p, color="#bbbbbb", lw=0.8, ls=":")

@@ -221,7 +221,8 @@ def significance_line(a: "Analysis") -> str:
         return f"P95 difference: {d.verdict}."
     return (
         f"P95 student − teacher = {d.difference_s * 1000:+.3g} ms, bootstrap 95 % CI [{d.ci_low_s * 1000:+.3g}, "
-        f"{d.ci_high_s * 1000:+.3g}] ms ({d.resamples} resamples within each model); noise threshold "
+        f"{d.ci_high_s * 1000:+.3g}] ms ({d.resamples:,} seeded resamples within each model, of all "
+        f"{d.n_student:,} student and {d.n_teacher:,} teacher requests: no subsample); noise threshold "
         f"±{d.noise_threshold_s * 1000:.3g} ms (1 % of the teacher's P95): "
         f"{'significant, student ' + d.verdict if d.significant else d.verdict}."
     )

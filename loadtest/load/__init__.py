@@ -1,7 +1,7 @@
 """Load generation against Triton: payloads, raw records, client metrics, Locust users and shapes.
 
 Importing this package imports nothing heavy. The Locust-side names (``TritonUser``, ``ABTritonUser``,
-``OpenLoopUser``, ``StepShape``, ``SpikeShape``, ``SoakShape``, ``RatePlanShape``) load on first access,
+``OpenLoopUser``, the LLM users ``LLMUser``, ``ABLLMUser``, ``LLMOpenLoopUser``, ``StepShape``, ``SpikeShape``, ``SoakShape``, ``RatePlanShape``) load on first access,
 and with them Locust and gevent's monkey-patching: only a locustfile should touch them. The rest
 (``payloads``, ``records``, ``client_metrics``, ``rundir``, ``runner``, ``summary``) never imports Locust.
 """
@@ -14,6 +14,9 @@ _LOCUST_NAMES = {
     "TritonUser": "loadtest.load.users",
     "ABTritonUser": "loadtest.load.users",
     "OpenLoopUser": "loadtest.load.users",
+    "LLMUser": "loadtest.load.stream_users",
+    "ABLLMUser": "loadtest.load.stream_users",
+    "LLMOpenLoopUser": "loadtest.load.stream_users",
     "StepShape": "loadtest.load.shapes",
     "SpikeShape": "loadtest.load.shapes",
     "SoakShape": "loadtest.load.shapes",

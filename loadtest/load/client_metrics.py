@@ -19,6 +19,16 @@ LATENCY_BUCKETS_S = (
     0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
 )  # fmt: skip
 
+# Time to first token: 5 ms .. 60 s; inter-token latency: 0.5 ms .. 2 s (per-user decode speed).
+TTFT_BUCKETS_S = (
+    0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5,
+    10.0, 15.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
+ITL_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.3, 0.5, 1.0, 2.0,
+)  # fmt: skip
+
 
 def metrics_port_for(base_port: int, worker_index: int | None) -> int:
     """The port a process serves on: ``base`` for a standalone or master process, ``base + 1 + i`` for worker i."""
@@ -60,6 +70,23 @@ class ClientMetrics:
         self.dropped_sends = Counter(
             "loadtest_dropped_sends", "Open-loop sends that never left before their stage ended.", ["model"], registry=r
         )
+        self.ttft = Histogram(
+            "loadtest_time_to_first_token_seconds",
+            "Generative: time to the first chunk carrying output text (open loop: from the intended send time).",
+            ["model", "protocol"],
+            buckets=TTFT_BUCKETS_S,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "loadtest_inter_token_latency_seconds",
+            "Generative: (E2E - TTFT) / (output tokens - 1) of each successful request with two or more tokens.",
+            ["model", "protocol"],
+            buckets=ITL_BUCKETS_S,
+            registry=r,
+        )
+        self.output_tokens = Counter(
+            "loadtest_output_tokens", "Generative: output tokens of successful requests.", ["model"], registry=r
+        )
 
     def observe(self, model: str, protocol: str, success: bool, latency_s: float, tokens: int) -> None:
         """Account one completed request (called once per row written)."""
@@ -68,6 +95,16 @@ class ClientMetrics:
         self.requests.labels(model, protocol, outcome).inc()
         if success:
             self.tokens.labels(model).inc(tokens)
+
+    def observe_generation(self, model: str, protocol: str, ttft_s: float | None, itl_s: float | None,
+                           output_tokens: int | None) -> None:  # fmt: skip
+        """Account the token figures of one successful generative request."""
+        if ttft_s is not None:
+            self.ttft.labels(model, protocol).observe(ttft_s)
+        if itl_s is not None:
+            self.itl.labels(model, protocol).observe(itl_s)
+        if output_tokens:
+            self.output_tokens.labels(model).inc(output_tokens)
 
     def wsgi_app(self):
         """A WSGI app serving this registry in the Prometheus text format (for ``/metrics``)."""

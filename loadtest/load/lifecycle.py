@@ -32,7 +32,7 @@ from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)
 from loadtest.load.client_metrics import ClientMetrics, metrics_port_for
 from loadtest.load.context import LoadContext, build_context
-from loadtest.load.options import load_options
+from loadtest.load.options import load_generation_options, load_options
 from loadtest.load.records import RecordWriter, worker_id
 from loadtest.load.rundir import RunDir, claim_run_dir, client_host, create_run_dir, safe_label, versions
 from loadtest.load.settings import LoadOptions
@@ -94,6 +94,11 @@ def prepared_requests(protocol: str) -> dict:
 
     if protocol not in STATE.prepared:
         context = STATE.context
+        if getattr(context, "generative", False):
+            from loadtest.load.stream_clients import prepare_requests
+
+            STATE.prepared[protocol] = prepare_requests(context)
+            return STATE.prepared[protocol]
         STATE.prepared[protocol] = {
             spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads]
             for spec in context.models
@@ -216,6 +221,12 @@ def on_request(context=None, **_kw) -> None:
         return
     writer.append(record)
     STATE.metrics.observe(record.model, record.protocol, record.success, record.latency_s, record.tokens)
+    if record.output_tokens is not None and record.success:
+        from loadtest.generative.timing import itl_s
+
+        STATE.metrics.observe_generation(record.model, record.protocol, record.ttft_s,
+                                         itl_s(record.latency_s, record.ttft_s, record.output_tokens),
+                                         record.output_tokens)  # fmt: skip
     if record.late:
         STATE.late[(record.model, record.stage)] += 1
         STATE.metrics.late_sends.labels(record.model).inc()
@@ -325,6 +336,23 @@ def hide_host_credentials(environment) -> None:
         environment.parsed_options.host = clean
 
 
+def _select_workload(environment) -> None:
+    """``--api`` set: only the LLM (generative) users run; unset: only the classifier users.
+
+    So ``locust -f scenarios/`` loads every scenario and runs the ones that fit the server named.
+    """
+    generative = load_generation_options(environment).enabled
+    classes = environment.user_classes
+    keep = [c for c in classes if bool(getattr(c, "generative", False)) == generative]
+    if classes and not keep:
+        kind = "LLM users (without --api)" if not generative else "classifier users (with --api)"
+        names = ", ".join(c.__name__ for c in classes)
+        raise LoadtestError(f"the selected user classes ({names}) are {kind}: "
+                            + ("add --api" if not generative else "pick an LLM user or drop --api"))
+    if len(keep) != len(classes):
+        classes[:] = keep
+
+
 @events.init.add_listener
 def on_init(environment, runner=None, **_kw) -> None:
     runner = runner or environment.runner
@@ -338,6 +366,11 @@ def on_init(environment, runner=None, **_kw) -> None:
     STATE.user_spawn_rate = getattr(parsed, "spawn_rate", None)
     if getattr(parsed, "reset_stats", False) and STATE.role != "worker":
         log.warning("loadtest: --reset-stats makes Locust forget the ramp-up; the records keep every request")
+    try:
+        _select_workload(environment)
+    except LoadtestError as exc:
+        log.error("loadtest: %s", exc)
+        raise SystemExit(2) from None
     if STATE.role != "worker":
         try:
             _select_shape(environment)
@@ -448,6 +481,8 @@ def _base_manifest(environment, options: LoadOptions) -> dict:
         "models": _models_for_manifest(),
         "payloads": STATE.context.payload_description if STATE.context else None,
         "settings": options.settings(),
+        "workload": "generative" if getattr(STATE.context, "generative", False) else "classifier",
+        "generation": STATE.context.generation.settings() if getattr(STATE.context, "generative", False) else None,
         "locust": {
             "users": getattr(parsed, "num_users", None),
             "spawn_rate": getattr(parsed, "spawn_rate", None),
@@ -511,9 +546,15 @@ def on_test_start(environment, **_kw) -> None:
 
 
 def _prepare_context(environment, options: LoadOptions) -> None:
-    key = (options, environment.host)
+    generation = load_generation_options(environment)
+    key = (options, generation, environment.host)
     if STATE.context is None or STATE.context_key != key:
-        STATE.context = build_context(options, environment.host)
+        if generation.enabled:
+            from loadtest.generative.context import build_generative_context
+
+            STATE.context = build_generative_context(options, generation, environment.host)
+        else:
+            STATE.context = build_context(options, environment.host)
         STATE.context_key = key
         STATE.prepared = {}
         if STATE.role != "master":  # serialise every request once, before the first user needs it

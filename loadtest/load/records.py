@@ -43,6 +43,14 @@ SCHEMA = pa.schema(
         pa.field("late", pa.bool_(), nullable=False),
         pa.field("worker", pa.string(), nullable=False),
         pa.field("scenario", pa.string(), nullable=False),
+        # Generative requests only (null for classifiers); docs/architecture.md, "Record schema".
+        pa.field("ttft_s", pa.float64(), nullable=True),
+        pa.field("input_tokens", pa.int64(), nullable=True),
+        pa.field("output_tokens", pa.int64(), nullable=True),
+        pa.field("token_count_source", pa.string(), nullable=True),
+        pa.field("chunks", pa.int32(), nullable=True),
+        pa.field("chunk_gap_mean_s", pa.float64(), nullable=True),
+        pa.field("chunk_gap_max_s", pa.float64(), nullable=True),
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
@@ -68,6 +76,13 @@ class Record:
     late: bool
     worker: str
     scenario: str
+    ttft_s: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    token_count_source: str | None = None  # "server" (usage counts) or "tokenizer" (the returned text)
+    chunks: int | None = None  # chunks that carried output text (never taken for tokens)
+    chunk_gap_mean_s: float | None = None
+    chunk_gap_max_s: float | None = None
 
 
 assert COLUMNS == tuple(Record.__slots__), "Record fields must follow SCHEMA"

@@ -75,12 +75,16 @@ class TritonUser(User):
         if context is None:
             raise StopUser()
         self.models = context.model_names
-        self.client, self.requests = _start_client(self, len(self.models) if self.send_to_all_models else 1)
+        self.client, self.requests = self.start_client(len(self.models) if self.send_to_all_models else 1)
         self.n_payloads = len(next(iter(self.requests.values())))
         number = next(_USER_NUMBERS)
         rng = np.random.default_rng([context.options.seed, number])
         self.cursor = int(rng.integers(self.n_payloads))  # users start at different payloads
         self.turn = number % len(self.models)
+
+    def start_client(self, concurrency: int) -> tuple:
+        """The user's client and the shared prepared requests (the LLM users override this)."""
+        return _start_client(self, concurrency)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
@@ -128,7 +132,7 @@ class OpenLoopUser(User):
             raise StopUser()
         self.options = context.options
         self.models = context.model_names
-        self.client, self.requests = _start_client(self, self.options.max_in_flight * len(self.models))
+        self.client, self.requests = self.start_client(self.options.max_in_flight * len(self.models))
         self.n_payloads = len(next(iter(self.requests.values())))
         self.number = next(_DRIVER_NUMBERS)
         worker_index = max(getattr(self.environment.runner, "worker_index", 0), 0)
@@ -138,6 +142,10 @@ class OpenLoopUser(User):
         self.queue_limit = self.options.max_in_flight * (1 + QUEUED_SENDS_PER_SLOT) * len(self.models)
         self.sends = Group()
         self.stopping = False
+
+    def start_client(self, concurrency: int) -> tuple:
+        """The user's client and the shared prepared requests (the LLM users override this)."""
+        return _start_client(self, concurrency)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
