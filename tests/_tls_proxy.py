@@ -33,12 +33,16 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
 class TLSProxy:
     """Accept TLS on a free loopback port and pipe the plaintext to ``127.0.0.1:target_port``."""
 
-    def __init__(self, cert: Path, key: Path, target_port: int, alpn: list[str] | None = None):
+    def __init__(self, cert: Path | None, key: Path | None, target_port: int, alpn: list[str] | None = None):
+        """``cert=None``: a plain TCP proxy (for cutting connections mid-run)."""
         self.target_port = target_port
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert, key)
-        if alpn:
-            self.context.set_alpn_protocols(alpn)
+        self.context = None
+        if cert is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(cert, key)
+            if alpn:
+                self.context.set_alpn_protocols(alpn)
+        self.sockets: list[socket.socket] = []
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -59,12 +63,13 @@ class TLSProxy:
 
     def _serve(self, raw: socket.socket) -> None:
         try:
-            client = self.context.wrap_socket(raw, server_side=True)
+            client = self.context.wrap_socket(raw, server_side=True) if self.context else raw
         except (ssl.SSLError, OSError):
             raw.close()
             return
         self.handshakes += 1
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        self.sockets += [client, upstream]
         first = {"done": False}
 
         def pipe(src, dst, keep: bool) -> None:
@@ -90,5 +95,11 @@ class TLSProxy:
         pipe(client, upstream, True)
 
     def close(self) -> None:
+        """Stop listening and cut every open connection: new connections are refused from now on."""
         self.closed.set()
         self.listener.close()
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

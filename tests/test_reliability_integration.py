@@ -172,3 +172,37 @@ def test_open_loop_in_flight_work_is_capped(triton_server, tmp_path):
     # every send is either a record or a counted drop: nothing vanished
     late = np.asarray(table["late"].to_pylist())
     assert late.any()
+
+
+def test_connection_storm_backs_off_and_is_recorded(triton_server, tmp_path):
+    """The server's port goes away mid-run: closed-loop users back off (counted), every failure is a record."""
+    proxy = TLSProxy(None, None, triton_server.http_port)
+    cut = {"done": False}
+
+    def watch(line: str) -> None:
+        if "run directory" in line and not cut["done"]:
+            cut["done"] = True
+            import threading
+
+            threading.Timer(2.0, proxy.close).start()
+
+    run = run_locust(
+        "steady", f"http://127.0.0.1:{proxy.port}", repository=triton_server.repository, users=4, spawn_rate=4,
+        run_time=6, results_dir=tmp_path / "results", metrics_port=0, triton_metrics_url=triton_server.metrics_url,
+        on_output=watch, timeout_s=120,
+    )  # fmt: skip
+    proxy.close()
+    manifest = run.manifest()
+    table = read_records(run.run_dir)
+    failed = table.filter(pc.invert(table["success"]))
+    assert table.num_rows == manifest["records"]["rows"] == manifest["locust"]["requests"]
+    assert failed.num_rows > 0 and table.num_rows > failed.num_rows, "successes before the cut, failures after"
+    assert manifest["backoff"]["events"] > 0 and manifest["backoff"]["seconds"] > 0
+    # Without backoff 4 users fire thousands of refused requests in 4 s; with it, each waits up to 2 s:
+    # 4 users x (about 6 doubling waits to the cap + 1 per 2 s) stays far below that.
+    assert failed.num_rows <= 4 * (6 + 4) + 8, failed.num_rows
+    assert any("back off" in line for line in run.output_tail)
+    from loadtest.analysis.reconcile import reconcile
+
+    line = reconcile(run.run_dir).line()
+    assert "never reached Triton" in line and "backed off" in line, line

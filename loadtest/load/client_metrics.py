@@ -88,6 +88,11 @@ class ClientMetrics:
             "loadtest_output_tokens", "Generative: output tokens of successful requests.", ["model"], registry=r
         )
 
+        self.backoff_seconds = Counter(
+            "loadtest_backoff_seconds", "Seconds closed-loop users waited after connection errors (backoff).",
+            registry=r,
+        )
+
     def observe(self, model: str, protocol: str, success: bool, latency_s: float, tokens: int) -> None:
         """Account one completed request (called once per row written)."""
         outcome = "success" if success else "failure"

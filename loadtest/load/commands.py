@@ -92,9 +92,9 @@ def run(
             f"{s.p50_s * 1e3:.3f}", f"{s.p95_s * 1e3:.3f}", f"{s.p99_s * 1e3:.3f}", f"{s.max_s * 1e3:.3f}",
         )  # fmt: skip
     console.print(table)
-    manifest = result.manifest()
-    rows = sum(s.requests for s in summaries)
-    console.print(f"records: {rows} rows; Locust counted {manifest.get('locust', {}).get('requests')} requests")
+    from loadtest.analysis.reconcile import reconcile
+
+    console.print(reconcile(result.run_dir).line(), highlight=False, markup=False, emoji=False)
     console.print(f"run directory: [bold]{result.run_dir}[/]")
     if result.signalled:
         raise SystemExit(128 + result.signalled)

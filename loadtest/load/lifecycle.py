@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerFast  # noqa: F401  (loaded once, be
 from loadtest.credentials import URL_CREDENTIALS_ENV, split_host
 from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)
+from loadtest.load.backoff import CAP_S
 from loadtest.load.client_metrics import ClientMetrics, metrics_port_for
 from loadtest.load.context import LoadContext, build_context
 from loadtest.load.options import load_generation_options, load_options
@@ -67,6 +68,8 @@ class ProcessState:
     late: Counter = field(default_factory=Counter)  # (model, stage) -> sends that left late
     offered: dict = field(default_factory=dict)  # open-loop driver number -> its requests/s per model
     unrecorded: int = 0  # requests completed after the writer closed (should stay 0)
+    backoff_events: int = 0  # closed-loop waits after connection errors (loadtest.load.backoff)
+    backoff_seconds: float = 0.0
     worker_reports: dict = field(default_factory=dict)  # master: worker id -> latest loadtest report
     warned: set = field(default_factory=set)
     metrics_server: object | None = None
@@ -241,6 +244,15 @@ def set_offered_rate(driver: int, models: list[str], rate: float | None) -> None
     total = sum(STATE.offered.values())
     for model in models:
         STATE.metrics.offered_rate.labels(model).set(total)
+
+
+def count_backoff(delay_s: float, error: str | None) -> None:
+    """A closed-loop user waits ``delay_s`` after a connection error: counted, said once, never hidden."""
+    STATE.backoff_events += 1
+    STATE.backoff_seconds += delay_s
+    STATE.metrics.backoff_seconds.inc(delay_s)
+    warn_once("backoff", "loadtest: connection errors (%s): users back off (up to %.0f s) between attempts; "
+              "counted in the manifest's 'backoff'", (error or "")[:160], CAP_S)  # fmt: skip
 
 
 def count_dropped(model: str, stage: str) -> None:
@@ -509,6 +521,7 @@ def on_test_start(environment, **_kw) -> None:
     STATE.run, STATE.writer = None, None
     STATE.started = time.time()
     STATE.dropped, STATE.late, STATE.unrecorded = Counter(), Counter(), 0
+    STATE.backoff_events, STATE.backoff_seconds = 0, 0.0
     STATE.worker_reports = {}
     try:
         options = load_options(environment)
@@ -597,6 +610,7 @@ def _report(final: bool) -> dict:
         "dropped": _nested(STATE.dropped),
         "late": _nested(STATE.late),
         "unrecorded": STATE.unrecorded,
+        "backoff": {"events": STATE.backoff_events, "seconds": STATE.backoff_seconds},
         "final": final,
     }
 
@@ -630,6 +644,7 @@ def _finalize(environment) -> None:
         dropped=_nested(STATE.dropped),
         late=_nested(STATE.late),
         unrecorded=STATE.unrecorded,
+        backoff={"events": STATE.backoff_events, "seconds": round(STATE.backoff_seconds, 3)},
         locust=dict(STATE.run.read_manifest().get("locust", {}), **_locust_totals(environment)),
     )
     _end_test()
@@ -667,6 +682,8 @@ def _finalize_master(environment, wait_s: float = FINAL_REPORT_WAIT_S) -> None:
         dropped=dropped,
         late=late,
         unrecorded=sum(r.get("unrecorded", 0) for r in reports.values()),
+        backoff={"events": sum(r.get("backoff", {}).get("events", 0) for r in reports.values()),
+                 "seconds": round(sum(r.get("backoff", {}).get("seconds", 0.0) for r in reports.values()), 3)},
         locust=dict(STATE.run.read_manifest().get("locust", {}), **_locust_totals(environment)),
     )  # fmt: skip
     _end_test()

@@ -126,6 +126,7 @@ class TritonClient:
         self.worker = worker
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self.last_error: str | None = None  # the last request's error text (None: it succeeded)
         credentials = credentials or Credentials()
         self.headers = credentials.request_headers(self.protocol)
         module = _modules(self.protocol)
@@ -167,6 +168,7 @@ class TritonClient:
         except Exception as exc:  # every failure is a counted, recorded request
             error = _error_text(exc)
         end = CLOCK.now()
+        self.last_error = error
         if in_flight is not None:
             in_flight.dec()
         intended = start if intended is None else intended

@@ -32,6 +32,7 @@ from locust import User, constant, task
 from locust.exception import StopUser
 
 from loadtest.load import lifecycle
+from loadtest.load.backoff import Backoff, is_connection_error
 from loadtest.load.clock import CLOCK
 from loadtest.load.triton_client import TritonClient
 
@@ -103,6 +104,7 @@ class TritonUser(User):
             model = self.models[self.turn]
             self.turn = (self.turn + 1) % len(self.models)
             self.client.infer(self.requests[model][self._next_index()], stage=stage)
+            self._back_off_if_unreachable()
             return
         index = self._next_index()
         sends = [gevent.spawn(self.client.infer, self.requests[m][index], stage=stage) for m in self.models]
@@ -111,6 +113,18 @@ class TritonUser(User):
         except GreenletExit:  # stopped meanwhile: let both answers arrive and be recorded first
             gevent.joinall(sends)
             raise
+        self._back_off_if_unreachable()
+
+    def _back_off_if_unreachable(self) -> None:
+        """After a connection error, wait (exponential, counted); the next success resets it."""
+        error = getattr(self.client, "last_error", None)
+        backoff = self.__dict__.setdefault("backoff", Backoff())
+        if not is_connection_error(error):
+            backoff.reset()
+            return
+        delay = backoff.delay()
+        lifecycle.count_backoff(delay, error)
+        gevent.sleep(delay)
 
 
 class ABTritonUser(TritonUser):
