@@ -44,11 +44,10 @@ DEBUG_FLAG = "--debug"
 
 
 def report_error(message: str, debug: bool = False) -> None:
-    """One red line on stderr. The message is printed as text: no markup, no ``:x:`` emoji, no highlighting."""
-    from rich.text import Text
+    """One red line on stderr (``--debug``: and the traceback)."""
+    from loadtest.console import print_error
 
-    console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)
-    console.print(Text.assemble(("error: ", "bold red"), " ".join(str(message).split())))
+    print_error(message)
     if debug:
         import traceback
 

@@ -104,3 +104,12 @@ def make_progress(*columns, console, **kwargs):
     if console.is_terminal:
         return Progress(*columns, console=console, **kwargs)
     return LineProgress(console)
+
+
+def print_error(message: str) -> None:
+    """One red ``error:`` line on stderr, printed as text: no markup, no ``:x:`` emoji, no highlighting."""
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(stderr=True, emoji=False, highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("error: ", "bold red"), " ".join(str(message).split())))

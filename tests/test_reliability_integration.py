@@ -206,3 +206,88 @@ def test_connection_storm_backs_off_and_is_recorded(triton_server, tmp_path):
 
     line = reconcile(run.run_dir).line()
     assert "never reached Triton" in line and "backed off" in line, line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 160 KiB tmpfs: the record writer's real write path meets ENOSPC (needs root to mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_disk_stops_the_run_with_exact_counts(triton_server, small_disk, tmp_path, capsys):
+    """Results on a full disk: one line, exit 3, manifest incomplete with records + not recorded == Locust's count,
+    and once space is freed `loadtest analyze` works on what was recorded."""
+    results = small_disk / "results"
+    code = run_cli(["run", "steady", "--host", triton_server.http_url, "--repository", str(triton_server.repository),
+                    "-u", "4", "-r", "4", "-t", "90s", "--results-dir", str(results), "--metrics-port", "0",
+                    "--triton-metrics-url", "none", "--quiet"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 3, out + err
+    errors = [line for line in err.splitlines() if line.strip()]
+    assert len(errors) == 1 and "records could not be written" in errors[0] and "No space left" in errors[0], err
+    assert "Traceback" not in out + err
+    run_dir = next(results.iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    table = read_records(run_dir)
+    assert manifest["complete"] is False and manifest["end"] is not None
+    assert manifest["end"] - manifest["start"] < 80, "stopped when the disk filled, not at -t"
+    records = manifest["records"]
+    assert "No space left" in records["incomplete_reason"]
+    assert records["rows"] == table.num_rows > 0 and records["not_recorded"] > 0
+    assert records["rows"] + records["not_recorded"] == manifest["locust"]["requests"]  # exact accounting
+    assert not list((run_dir / "records").glob(".*"))  # no torn temporary shard, reserve released
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)  # the user frees space
+    assert run_cli(["analyze", str(run_dir)]) == 0, capsys.readouterr()
+    summary = (run_dir / "tables" / "summary.md").read_text()
+    assert "reconciliation:" in summary and "not recorded" in summary
+
+
+def test_dead_worker_is_loud_marks_the_manifest_and_fails(triton_server, tmp_path):
+    """SIGKILL one of two --processes workers: an ERROR line, exit 3, workers_lost in the manifest, run stopped."""
+    killed: dict = {}
+
+    def watch(line: str) -> None:
+        if "run directory" in line and not killed:
+            killed["at"] = time.monotonic()
+            import threading
+
+            run_dir = line.rsplit("run directory", 1)[1].strip()
+            threading.Timer(3.0, _kill_a_worker, args=(run_dir, killed)).start()
+
+    run = run_locust(
+        "steady", triton_server.http_url, repository=triton_server.repository, users=4, spawn_rate=4, run_time=60,
+        processes=2, results_dir=tmp_path / "results", metrics_port=0, triton_metrics_url=triton_server.metrics_url,
+        on_output=watch, timeout_s=150,
+    )  # fmt: skip
+    assert killed.get("pid"), "no worker was found to kill"
+    assert run.exit_code == 3, "\n".join(run.output_tail[-30:])
+    assert any("stopped answering mid-run" in line and "ERROR" in line for line in run.output_tail)
+    manifest = run.manifest()
+    assert manifest["complete"] is False and len(manifest["workers_lost"]) == 1
+    lost = manifest["workers_lost"][0]
+    assert lost["worker"].endswith(f"-{killed['pid']}") and lost["rows_on_disk"] >= 0
+    assert manifest["end"] - manifest["start"] < 45, "stopped after the loss, not at -t"
+    table = read_records(run.run_dir)
+    assert table.num_rows == manifest["records"]["rows"]
+    assert "incomplete" in run.incomplete_line() and "was lost" in run.incomplete_line()
+    from loadtest.analysis.reconcile import reconcile
+
+    assert "was lost mid-run" in reconcile(run.run_dir).line()
+
+
+def _kill_a_worker(run_dir: str, killed: dict) -> None:
+    """SIGKILL one forked Locust worker of the run writing ``run_dir`` (the main process's child)."""
+    for proc in psutil.process_iter(["pid", "cmdline", "ppid"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "locust" in cmdline and run_dir in cmdline:
+            children = proc.children()
+            if children:
+                killed["pid"] = children[0].pid
+                os.kill(children[0].pid, signal.SIGKILL)
+                return

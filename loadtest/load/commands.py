@@ -55,7 +55,7 @@ def run(
     from rich.table import Table
 
     from loadtest.console import output_console
-    from loadtest.load.runner import run_locust
+    from loadtest.load.runner import INCOMPLETE_EXIT_CODE, run_locust
 
     from loadtest.credentials import redact_url
     from loadtest.load.runner import scenario_path
@@ -96,8 +96,15 @@ def run(
 
     console.print(reconcile(result.run_dir).line(), highlight=False, markup=False, emoji=False)
     console.print(f"run directory: [bold]{result.run_dir}[/]")
+    incomplete = result.incomplete_line()
+    if incomplete:
+        from loadtest.console import print_error
+
+        print_error(incomplete)
     if result.signalled:
         raise SystemExit(128 + result.signalled)
+    if incomplete:
+        raise SystemExit(INCOMPLETE_EXIT_CODE)
     if result.exit_code != 0:
         raise SystemExit(result.exit_code)  # not typer.Exit: under standalone_mode=False click would return it
 

@@ -41,6 +41,7 @@ from loadtest.load.stages import StageBoard, StageRecord
 
 log = logging.getLogger("loadtest")
 
+INCOMPLETE_EXIT_CODE = 3  # the run stopped early and its manifest says why (records lost, a worker lost)
 RUN_DIR_KEY = "loadtest_active_run_dir"  # set on the master's options; travels to workers with spawn messages
 STAGE_MESSAGE = "loadtest_stage"
 DRIVERS_MESSAGE = "loadtest_drivers"
@@ -68,6 +69,10 @@ class ProcessState:
     late: Counter = field(default_factory=Counter)  # (model, stage) -> sends that left late
     offered: dict = field(default_factory=dict)  # open-loop driver number -> its requests/s per model
     unrecorded: int = 0  # requests completed after the writer closed (should stay 0)
+    records_failure: str | None = None  # why this process's rows could not be written (None: they were)
+    workers_lost: dict = field(default_factory=dict)  # master: Locust client id -> what is known of it when lost
+    worker_clients: dict = field(default_factory=dict)  # master: Locust client id -> our worker id
+    watcher: gevent.Greenlet | None = None
     backoff_events: int = 0  # closed-loop waits after connection errors (loadtest.load.backoff)
     backoff_seconds: float = 0.0
     worker_reports: dict = field(default_factory=dict)  # master: worker id -> latest loadtest report
@@ -143,7 +148,10 @@ def _on_board_change(record: StageRecord) -> None:
 
 def _write_manifest_stages() -> None:
     if STATE.run is not None:
-        STATE.run.update_manifest(stages=STATE.board.stages_for_manifest())
+        try:
+            STATE.run.update_manifest(stages=STATE.board.stages_for_manifest())
+        except OSError as exc:  # a full disk: the final manifest (written from the reserved space) has them
+            warn_once("manifest-stages", "loadtest: cannot update the manifest's stages (%s)", exc.strerror or exc)
 
 
 # ---- metrics snapshots ----------------------------------------------------------------------
@@ -176,8 +184,13 @@ def snapshot_metrics(label: str) -> Path | None:
     run.metrics_dir.mkdir(parents=True, exist_ok=True)
     path = run.metrics_dir / f"{stamp}-{safe_label(label)}.prom"
     tmp = run.metrics_dir / f".{path.name}.tmp"
-    tmp.write_text("\n".join(t.rstrip("\n") for t in texts) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text("\n".join(t.rstrip("\n") for t in texts) + "\n")
+        tmp.replace(path)
+    except OSError as exc:  # a full disk: the analyzer then lacks this snapshot, and the log says why
+        tmp.unlink(missing_ok=True)
+        warn_once(f"snapshot-write:{exc.errno}", "loadtest: cannot write a metrics snapshot (%s)", exc.strerror or exc)
+        return None
     return path
 
 
@@ -209,6 +222,32 @@ def _flush_loop(writer: RecordWriter, stop: Event) -> None:
         rows = writer.drain()
         if rows:
             pool.apply(writer.write, (rows,))
+        if writer.failure is not None:
+            _records_failed(writer)
+            return
+
+
+def _records_failed(writer: RecordWriter) -> None:
+    """Rows cannot be written (a full disk): say it in one line and stop the test, rather than load the
+    server for a run whose records are lost. The final manifest marks the run incomplete with counts."""
+    if STATE.records_failure is not None:
+        return
+    STATE.records_failure = writer.failure
+    log.error("loadtest: records cannot be written (%s): stopping the test; %d rows recorded so far, %d not "
+              "recorded; the manifest marks the run incomplete", writer.failure, writer.rows_written,
+              writer.rows_lost)  # fmt: skip
+    environment = _ENV.get("environment")
+    if environment is None or STATE.role == "worker":
+        return  # a worker's report tells the master, which stops the whole test
+    _stop_incomplete(environment)
+
+
+def _stop_incomplete(environment) -> None:
+    environment.process_exit_code = INCOMPLETE_EXIT_CODE
+    runner = environment.runner
+    if runner is not None:
+        headless = bool(getattr(environment.parsed_options, "headless", False))
+        gevent.spawn_later(0, runner.quit if headless else runner.stop)
 
 
 @events.request.add_listener
@@ -522,6 +561,7 @@ def on_test_start(environment, **_kw) -> None:
     STATE.started = time.time()
     STATE.dropped, STATE.late, STATE.unrecorded = Counter(), Counter(), 0
     STATE.backoff_events, STATE.backoff_seconds = 0, 0.0
+    STATE.records_failure, STATE.workers_lost, STATE.worker_clients = None, {}, {}
     STATE.worker_reports = {}
     try:
         options = load_options(environment)
@@ -550,6 +590,8 @@ def on_test_start(environment, **_kw) -> None:
         STATE.writer = RecordWriter(STATE.run.path, worker=STATE.worker)
         STATE.flusher_stop = Event()
         STATE.flusher = gevent.spawn(_flush_loop, STATE.writer, STATE.flusher_stop)
+    if STATE.role == "master" and STATE.watcher is None:
+        STATE.watcher = gevent.spawn(_watch_workers, environment)
     if STATE.role in ("local", "master"):
         if not STATE.board.history:  # no shape: the whole run is one stage
             STATE.board.publish(STATE.board.label, notify=False)
@@ -606,11 +648,14 @@ def _report(final: bool) -> dict:
     return {
         "worker": STATE.worker,
         "run_dir": str(STATE.run.path) if STATE.run else None,
-        "rows": (writer.rows_written + writer.pending) if writer else 0,
+        "rows": (writer.rows_written + (0 if writer.failure else writer.pending)) if writer else 0,
         "dropped": _nested(STATE.dropped),
         "late": _nested(STATE.late),
         "unrecorded": STATE.unrecorded,
         "backoff": {"events": STATE.backoff_events, "seconds": STATE.backoff_seconds},
+        "written": writer.rows_written if writer else 0,
+        "not_recorded": (writer.rows_lost + (writer.pending if writer.failure else 0)) if writer else 0,
+        "records_failure": writer.failure if writer else None,
         "final": final,
     }
 
@@ -626,6 +671,58 @@ def on_worker_report(client_id=None, data=None, **_kw) -> None:
     report = (data or {}).get("loadtest")
     if report and STATE.run is not None and report.get("run_dir") == str(STATE.run.path):
         STATE.worker_reports[report["worker"]] = report
+        STATE.worker_clients[client_id] = report["worker"]
+        failure = report.get("records_failure")
+        if failure and STATE.records_failure is None:
+            STATE.records_failure = failure
+            log.error("loadtest: worker %s cannot write records (%s): stopping the test; the manifest marks the "
+                      "run incomplete", report["worker"], failure)  # fmt: skip
+            _stop_incomplete(_ENV["environment"])
+
+
+# ---- lost workers ---------------------------------------------------------------------------
+WATCH_INTERVAL_S = 0.5
+
+
+def _watch_workers(environment) -> None:
+    """Master: a worker that stops answering mid-run (killed, crashed, OOM) is said loudly and stops the run.
+
+    Why stop rather than redistribute: Locust would respawn the lost worker's users elsewhere, but its
+    open-loop share of the schedule and its unflushed rows are gone; a run that silently measured less load
+    than asked is worse than one that says so. The manifest lists the lost worker (``workers_lost``), the
+    run is marked incomplete, and Locust exits 3 (``loadtest run`` prints the figures, then exits 3).
+    """
+    runner = environment.runner
+    while True:
+        gevent.sleep(WATCH_INTERVAL_S)
+        for client in list(runner.clients.missing):
+            if client.id in STATE.workers_lost:
+                continue
+            worker = STATE.worker_clients.get(client.id, client.id)
+            last = STATE.worker_reports.get(worker, {})
+            index = getattr(client, "index", None)
+            STATE.workers_lost[client.id] = {"worker": worker, "locust_id": client.id, "index": index,
+                                             "lost_at": time.time(), "rows_reported": last.get("rows", 0)}  # fmt: skip
+            log.error("loadtest: worker %s (index %s) stopped answering mid-run (killed or crashed): its share of "
+                      "the load is lost; stopping the run, which is marked incomplete (exit status %d)",
+                      worker, index, INCOMPLETE_EXIT_CODE)  # fmt: skip
+            _stop_incomplete(environment)
+
+
+def _rows_on_disk(worker: str) -> int:
+    """Rows in a worker's completed shards (what survives of a worker that vanished)."""
+    import pyarrow.parquet as pq
+
+    from loadtest.load.records import shard_paths
+
+    total = 0
+    for path in shard_paths(STATE.run.path):
+        if path.name.startswith(f"{worker}-"):
+            try:
+                total += pq.read_metadata(path).num_rows
+            except Exception:  # a torn shard: the analyzer reports it
+                pass
+    return total
 
 
 def _locust_totals(environment) -> dict:
@@ -636,11 +733,16 @@ def _locust_totals(environment) -> dict:
 def _finalize(environment) -> None:
     """Local: final snapshot and manifest (every row is written by now)."""
     snapshot_metrics("stop")
-    rows = STATE.writer.rows_written if STATE.writer else 0
+    writer = STATE.writer
+    rows = writer.rows_written if writer else 0
+    records = {"rows": rows, "workers": {STATE.worker: rows}}
+    if writer is not None and writer.failure:
+        records.update(not_recorded=writer.rows_lost + STATE.unrecorded, incomplete_reason=writer.failure)
     STATE.run.update_manifest(
         end=time.time(),
+        complete=not (writer is not None and writer.failure),
         stages=STATE.board.stages_for_manifest(),
-        records={"rows": rows, "workers": {STATE.worker: rows}},
+        records=records,
         dropped=_nested(STATE.dropped),
         late=_nested(STATE.late),
         unrecorded=STATE.unrecorded,
@@ -662,12 +764,24 @@ def _finalize_master(environment, wait_s: float = FINAL_REPORT_WAIT_S) -> None:
     """
     deadline = time.monotonic() + wait_s + (environment.stop_timeout or 0)
     while time.monotonic() < deadline:
-        reports = STATE.worker_reports.values()
-        if reports and all(r.get("final") for r in reports) and len(reports) >= len(environment.runner.clients):
+        lost = {w["worker"] for w in STATE.workers_lost.values()}
+        reports = [r for worker, r in STATE.worker_reports.items() if worker not in lost]
+        alive = len(environment.runner.clients) - len(environment.runner.clients.missing)
+        if reports and all(r.get("final") for r in reports) and len(reports) >= alive:
             break
         gevent.sleep(0.05)
+    if STATE.watcher is not None:
+        STATE.watcher.kill(block=False)
+        STATE.watcher = None
     snapshot_metrics("stop")
     reports = dict(STATE.worker_reports)
+    lost_workers = list(STATE.workers_lost.values())
+    for info in lost_workers:  # its last report is stale: count what reached the disk
+        info["rows_on_disk"] = _rows_on_disk(info["worker"])
+        if info["worker"] in reports:
+            reports[info["worker"]] = dict(reports[info["worker"]], rows=info["rows_on_disk"])
+    failures = [r.get("records_failure") for r in reports.values() if r.get("records_failure")]
+    not_recorded = sum(r.get("not_recorded", 0) for r in reports.values())
     dropped: dict = {}
     late: dict = {}
     for report in reports.values():
@@ -676,9 +790,12 @@ def _finalize_master(environment, wait_s: float = FINAL_REPORT_WAIT_S) -> None:
     STATE.run.update_manifest(
         end=time.time(),
         stages=STATE.board.stages_for_manifest(),
+        complete=not (failures or lost_workers),
+        workers_lost=lost_workers,
         records={"rows": sum(r.get("rows", 0) for r in reports.values()),
                  "workers": {w: r.get("rows", 0) for w, r in reports.items()},
-                 "all_final": all(r.get("final") for r in reports.values())},
+                 "all_final": all(r.get("final") for r in reports.values()),
+                 **({"not_recorded": not_recorded, "incomplete_reason": failures[0]} if failures else {})},
         dropped=dropped,
         late=late,
         unrecorded=sum(r.get("unrecorded", 0) for r in reports.values()),

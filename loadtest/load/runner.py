@@ -41,6 +41,7 @@ SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 LOG_FILE = "locust.log"
 CSV_PREFIX = "locust"
 STOP_GRACE_S = 15.0
+INCOMPLETE_EXIT_CODE = 3  # Locust stopped the run early and the manifest says why (loadtest.load.lifecycle)
 
 
 def scenario_path(scenario: str | Path) -> Path:
@@ -97,6 +98,23 @@ class LocustRun:
 
         return summarize_run(self.run_dir)
 
+    def incomplete_line(self) -> str | None:
+        """One line when the manifest marks the run incomplete (records lost, a worker lost), else None."""
+        manifest = self.manifest()
+        if manifest.get("complete", True):
+            return None
+        records = manifest.get("records") or {}
+        parts = []
+        if records.get("incomplete_reason"):
+            parts.append(f"records could not be written ({records['incomplete_reason']})")
+        for lost in manifest.get("workers_lost") or []:
+            parts.append(f"worker {lost.get('worker')} was lost mid-run")
+        counts = f"{records.get('rows', 0):,} requests recorded"
+        if records.get("not_recorded"):
+            counts += f", {records['not_recorded']:,} not recorded"
+        return (f"run incomplete: {'; '.join(parts) or 'see the manifest'}; the run was stopped early; {counts}. "
+                f"The manifest marks it incomplete; `loadtest analyze {self.run_dir}` works on what was recorded")
+
     def error_line(self) -> str | None:
         """The child's own one-line reason (``loadtest: ...`` logged at ERROR), if it gave one."""
         for line in reversed(self.output_tail):
@@ -112,7 +130,7 @@ class LocustRun:
         if self.removed:
             reason = self.error_line() or f"Locust exited with status {self.exit_code} before the test started"
             raise LoadtestError(f"{reason} (nothing was run; no run directory kept)")
-        if self.exit_code not in (0, 1) or not self.manifest().get("end"):
+        if self.exit_code not in (0, 1, INCOMPLETE_EXIT_CODE) or not self.manifest().get("end"):
             last = self.error_line()
             detail = f": {last}" if last else ""
             raise LoadtestError(f"Locust exited with status {self.exit_code}{detail} (log: {self.log_path})")
@@ -233,7 +251,8 @@ def run_locust(
     started = time.monotonic()
     timed_out = False
     received: list[int] = []
-    with open(target / LOG_FILE, "w") as log_file, _forward_signals(received) as forwarding:
+    log_file = open(target / LOG_FILE, "w", buffering=1)  # line-buffered: a full disk fails a write, not close()
+    with _closing_quietly(log_file), _forward_signals(received) as forwarding:
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -247,8 +266,13 @@ def run_locust(
         forwarding.process = process
 
         def pump() -> None:
+            logging_to_file = True
             for line in process.stdout:
-                log_file.write(line)
+                if logging_to_file:
+                    try:
+                        log_file.write(line)
+                    except OSError:  # a full disk: keep reading (a blocked pipe would stall Locust)
+                        logging_to_file = False
                 tail.append(line.rstrip("\n"))
                 if on_output is not None:
                     on_output(line.rstrip("\n"))
@@ -276,6 +300,22 @@ def run_locust(
         raise KeyboardInterrupt
     return LocustRun(target, process.returncode, command, time.monotonic() - started, list(tail), timed_out,
                      received[0] if received else None, removed)  # fmt: skip
+
+
+class _closing_quietly:
+    """Close the log at the end; on a full disk its last buffered bytes are lost, never the run's outcome."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
 
 
 class _forward_signals:
