@@ -23,7 +23,7 @@ $(BIN)/loadtest: pyproject.toml constraints.txt
 	# torch first, pinned: an unpinned torch drags in gigabytes of CUDA wheels on a CPU machine
 	$(BIN)/python -m pip install --quiet "$(TORCH)" -c constraints.txt
 	# constraints.txt: the versions the suite last passed with (numpy<2 for PyTriton, and a pyarrow that accepts it)
-	$(BIN)/python -m pip install --quiet -e ".[test]" -c constraints.txt
+	$(BIN)/python -m pip install --quiet -e ".[all]" -c constraints.txt
 	touch $(BIN)/loadtest
 
 # Debian packages the integration tests use: a real Prometheus (+ promtool) and headless Chromium.

@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # The load generator's image (Locust master and workers) and loadtest's GPU exporter, for docker-compose.yml.
 # Build context: the repository root (docker compose build). Only what load generation needs is
-# installed: no torch/transformers/onnx (export and the demo run outside the stack).
+# installed: loadtest's core dependencies (pyproject.toml [project] dependencies), plus nvidia-ml-py for
+# the GPU exporter; no torch/transformers/onnx/PyTriton (export, serving and the demo run outside the stack).
+# tests/test_install.py builds a virtualenv from exactly the list below and runs a scenario with it.
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -10,22 +12,25 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /opt/loadtest
 
-# Dependencies first (cached while the source changes). Versions as tested with the repository.
-RUN pip install \
-      "locust==2.47.0" \
-      "tritonclient[http,grpc]==2.73.0" \
+# Dependencies first (cached while the source changes), pinned by constraints.txt: the versions the
+# test suite last passed with. Keep this list equal to pyproject's core list (a test checks it).
+COPY constraints.txt ./
+RUN pip install -c constraints.txt \
+      "locust>=2.43" \
+      "tritonclient[http,grpc]>=2.60" \
       "numpy<2" \
       "tokenizers>=0.19" \
-      "pyarrow>=15" \
       "pandas>=2.1" \
+      "pyarrow>=15,<24" \
+      "scipy>=1.11" \
+      "matplotlib>=3.8" \
       "prometheus-client>=0.20" \
-      "nvidia-ml-py>=12" \
-      "hdrhistogram>=0.10" \
       "pydantic>=2.5" \
       "pyyaml>=6" \
       "requests>=2.31" \
       "typer>=0.12" \
-      "rich>=13"
+      "rich>=13" \
+      "nvidia-ml-py>=12"
 
 COPY pyproject.toml README* ./
 COPY loadtest ./loadtest

@@ -110,6 +110,10 @@ def export(
     teacher_name: str = typer.Option("teacher", "--teacher-name", help="Model name of the teacher in Triton."),
     student_name: str = typer.Option("student", "--student-name", help="Model name of the student in Triton."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace models (and metadata) already in --repo."),
+    with_tokenizer: bool = typer.Option(
+        False, "--with-tokenizer",
+        help="Also write NAME_text: a Triton ensemble tokenizing BYTES text inside Triton (Python backend), then NAME.",
+    ),
 ) -> None:
     """Export teacher and student to ONNX in a Triton model repository, with parity checks."""
     import time
@@ -165,6 +169,11 @@ def export(
                 teacher, student, repo, settings, names=(teacher_name, student_name), progress=progress, **common
             )
             manifests = list(report.models.values())
+        if with_tokenizer:
+            from exporters.text_ensemble import write_text_ensembles
+
+            progress("writing the text ensembles (tokenizer inside Triton)")
+            write_text_ensembles(repo, [teacher_name] if student is None else [teacher_name, student_name])
         progress("done")
     _print_summary(Console(), repo, manifests, time.perf_counter() - start)
 

@@ -45,6 +45,8 @@ class RepositoryMetadata(BaseModel):
     max_sequence_length: int = Field(256, gt=0)
     tokenizer: str = "tokenizer.json"
     task: str = "sequence-classification"
+    # `loadtest export --with-tokenizer`: model -> its ensemble taking BYTES text (tokenized inside Triton)
+    text_models: dict[str, str] = Field(default_factory=dict)
 
 
 class TritonModelSettings(BaseModel):
@@ -205,24 +207,24 @@ class ModelRepository:
         return self.path / self.read_metadata().tokenizer
 
     def load_tokenizer(self):
-        """The fast tokenizer shipped with the repository (so clients need only the repository)."""
-        from transformers import PreTrainedTokenizerFast
+        """The fast tokenizer shipped with the repository (so clients need only the repository).
+
+        A ``loadtest.tokenizer.FastTokenizer``: the ``tokenizers`` package alone, no transformers.
+        """
+        from loadtest.tokenizer import FastTokenizer
 
         metadata = self.read_metadata()
-        path = self.path / metadata.tokenizer
-        if not path.is_file():
+        if not (self.path / metadata.tokenizer).is_file():
             raise LoadtestError(f"{self.path} has no tokenizer file {metadata.tokenizer}")
-        config_path = self.path / "tokenizer_config.json"
-        extra = read_json(config_path, "tokenizer config") if config_path.is_file() else {}
-        specials = {k: v for k, v in extra.items() if k.endswith("_token") and isinstance(v, str)}
         try:
-            tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path), **specials)
+            return FastTokenizer.from_directory(self.path, metadata.tokenizer, metadata.max_sequence_length)
+        except LoadtestError:
+            raise
         except Exception as exc:  # the tokenizers library's own error type is not exported
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise LoadtestError(f"{path} is not a valid tokenizer file ({first[:160]}); re-export the repository "
+            raise LoadtestError(f"{self.path / metadata.tokenizer} is not a valid tokenizer file ({first[:160]}); "
+                                "re-export the repository "
                                 "with `loadtest export`") from None  # fmt: skip
-        tokenizer.model_max_length = metadata.max_sequence_length
-        return tokenizer
 
     def read_manifest(self) -> dict:
         path = self.path / MANIFEST_FILE

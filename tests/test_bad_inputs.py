@@ -145,7 +145,7 @@ CASES = [
     ("run-metrics-port-negative", RUN[:-1] + ["-1"], "--metrics-port"),
     ("run-metrics-address", RUN + ["--metrics-address", "not-an-ip"], "not an IP address"),
     ("run-results-under-file", RUN + ["--results-dir", "{file}/results"], "--results-dir"),
-    ("run-missing-repository", ["run", "steady", "--host", HOST, "--repository", "nowhere"], "not found"),
+    ("run-repository-is-file", ["run", "steady", "--host", HOST, "--repository", "{file}"], "not a directory"),
     ("run-binary-loadtest-json", ["run", "steady", "--host", HOST, "--repository", "{repo_binary_meta}"], "not UTF-8"),
     ("run-binary-config", ["run", "steady", "--host", HOST, "--repository", "{repo_binary_config}"], "not UTF-8"),
     ("run-bad-config", ["run", "steady", "--host", HOST, "--repository", "{repo_bad_config}"], "not a valid Triton"),
@@ -156,11 +156,6 @@ CASES = [
     ("eval-batch-huge", EVAL + ["--batch-size", "100000000"], "--batch-size"),
     ("eval-timeout-zero", EVAL + ["--timeout", "0"], "--timeout"),
     ("eval-timeout-nan", EVAL + ["--timeout", "nan"], "--timeout"),
-    ("eval-binary-csv", ["eval", "--dataset", "{binary_csv}", "--repo", "{repo}", "--host", HOST], "UTF-8"),
-    ("eval-corrupt-tokenizer", ["eval", "--dataset", "{dataset}", "--repo", "{repo_bad_tokenizer}", "--host", HOST],
-     "not a valid tokenizer"),  # fmt: skip
-    ("eval-binary-tokenizer", ["eval", "--dataset", "{dataset}", "--repo", "{repo_binary_tokenizer}", "--host", HOST],
-     "tokenizer"),  # fmt: skip
     ("eval-host-port-range", EVAL[:-1] + ["http://127.0.0.1:65536"], "invalid port"),
     ("eval-http-to-grpc-port", EVAL[:-1] + ["http://127.0.0.1:{grpc_port}"], "port"),
     ("eval-grpc-to-http-port", EVAL[:-1] + ["grpc://127.0.0.1:{http_port}"], "port"),

@@ -193,28 +193,14 @@ def test_web_ui_shows_the_options_and_runs(triton_server, tmp_path):
 
 
 def test_server_errors_are_counted_and_recorded_with_their_text(triton_server, tmp_path):
-    """A client-side config that over-states max_batch_size: Triton refuses, and every refusal is a failed row."""
-    import shutil
-
-    from loadtest.repository import ModelRepository
-
-    client_copy = tmp_path / "client_repository"
-    source = ModelRepository(triton_server.repository)
-    for name in ("loadtest.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (source.path / name).is_file():
-            (client_copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source.path / name, client_copy / name)
-    copy = ModelRepository(client_copy)
-    server_max = {}
-    for model in ("teacher", "student"):
-        config = source.read_config(model)
-        server_max[model] = config.max_batch_size
-        config.max_batch_size = config.max_batch_size * 4
-        copy.write_config(config)
-    batch = 2 * max(server_max.values())
+    """Token ids beyond the vocabulary (perf_analyzer input data): Triton refuses each request, each is a failed row."""
+    ids = [10**6 + i for i in range(8)]
+    data = tmp_path / "out_of_vocabulary.json"
+    tensors = {"input_ids": ids, "attention_mask": [1] * len(ids), "token_type_ids": [0] * len(ids)}
+    data.write_text(json.dumps({"data": [tensors]}))
     before = triton_success(triton_server.metrics_url)
     run = run_locust(
-        "steady", triton_server.grpc_url, users=1, run_time=2, repository=client_copy, batch_size=batch,
+        "steady", triton_server.grpc_url, users=1, run_time=2, repository=triton_server.repository, input_data=data,
         results_dir=tmp_path / "results", metrics_port=0, triton_metrics_url=triton_server.metrics_url,
         timeout_s=TIMEOUT_S,
     )  # fmt: skip
@@ -224,5 +210,16 @@ def test_server_errors_are_counted_and_recorded_with_their_text(triton_server, t
     manifest = run.manifest()
     assert len(table) == manifest["locust"]["requests"] == manifest["locust"]["failures"] > 0
     assert not table["success"].any() and not any(delta.values())
-    for model, rows in table.groupby("model"):
-        assert rows["error"].str.contains(f"batch-size must be <= {server_max[model]}").all()
+    assert table["error"].str.len().gt(0).all() and table["error"].nunique() <= 2
+
+
+def test_a_batch_above_the_servers_max_is_refused_before_any_load(triton_server, tmp_path):
+    """The server, not a local config, says how large a batch may be: one line, exit 2, nothing sent."""
+    before = triton_success(triton_server.metrics_url)
+    run = run_locust(
+        "steady", triton_server.http_url, users=1, run_time=2, repository=triton_server.repository, batch_size=1000,
+        results_dir=tmp_path / "results", metrics_port=0, timeout_s=TIMEOUT_S,
+    )  # fmt: skip
+    assert run.exit_code == 2
+    assert any("--batch-size 1000 exceeds model 'teacher' max_batch_size" in line for line in run.output_tail)
+    assert not any(success_delta(before, triton_success(triton_server.metrics_url)).values())

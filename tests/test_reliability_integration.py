@@ -291,3 +291,35 @@ def _kill_a_worker(run_dir: str, killed: dict) -> None:
                 killed["pid"] = children[0].pid
                 os.kill(children[0].pid, signal.SIGKILL)
                 return
+
+
+BINARY = b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01binary\x80\x81"
+
+
+@pytest.mark.parametrize("case", ["binary-csv", "corrupt-tokenizer", "binary-tokenizer", "wrong-protocol-port"])
+def test_eval_bad_inputs_against_the_server(case, triton_server, tmp_path, monkeypatch, capsys):
+    """Bad eval inputs that are only read once the server answered: still one line, exit 2, no traceback."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(triton_server.repository, repo, ignore=shutil.ignore_patterns("*.onnx", "1"))
+    dataset = _eval_csv(triton_server.repository, tmp_path / "eval.csv")
+    host = triton_server.http_url
+    expected = {"binary-csv": "UTF-8", "corrupt-tokenizer": "tokenizer", "binary-tokenizer": "tokenizer",
+                "wrong-protocol-port": "answers GRPC, not HTTP"}[case]  # fmt: skip
+    if case == "binary-csv":
+        dataset.write_bytes(BINARY * 4)
+    elif case == "corrupt-tokenizer":
+        (repo / "tokenizer.json").write_text('{"version": "1.0", "model": 42}')
+    elif case == "binary-tokenizer":
+        (repo / "tokenizer.json").write_bytes(BINARY)
+    else:
+        host = f"http://127.0.0.1:{triton_server.grpc_port}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "400")
+    code = run_cli(["eval", "--dataset", str(dataset), "--repo", str(repo), "--host", host])
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in out + err, out + err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())

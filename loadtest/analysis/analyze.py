@@ -19,6 +19,7 @@ from loadtest.analysis import server_metrics as sm
 from loadtest.analysis import stats
 from loadtest.analysis.capacity import Capacity, StepResult, StepRules, capacity_at_budget, run_steps
 from loadtest.analysis.costs import DEFAULT_GRID_G_PER_KWH, CostBook, CostFigures, cost_figures, load_cost_book
+from loadtest.analysis.footprint import Footprint, footprints
 from loadtest.analysis.records import ALL_STAGES, RunData, completed_within, distinct, load_run, stage_frames, window_of
 from loadtest.errors import LoadtestError
 
@@ -63,6 +64,7 @@ class Analysis:
     verdict: str
     notes: list[str]
     baseline: "BaselineComparison | None" = None
+    footprints: dict[str, Footprint] = field(default_factory=dict)
     manifest: dict[str, Any] = field(default_factory=dict)
     windows: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)  # model -> (stage, start, end)
     tables_dir: Path | None = None
@@ -222,6 +224,13 @@ def latency_table(run: RunData, snaps: list[sm.Snapshot], percentile: float) -> 
 
 # metric -> (unit, column of the reference latency row or a capacity/cost attribute, higher_is_better)
 COMPARISON_METRICS: list[tuple[str, str, bool]] = [
+    # resource footprint first (loadtest.analysis.footprint): the KPI tables of a distillation review start here
+    ("parameters", "count", False),
+    ("size_on_disk_mb", "MB", False),
+    ("flops_per_request", "FLOPs", False),
+    ("flops_per_token", "FLOPs", False),
+    ("peak_rss_mb", "MB", False),
+    ("nonfinite_outputs", "count", False),
     ("requests", "count", True),
     ("achieved_qps", "req/s", True),
     ("tokens_per_s", "tokens/s", True),
@@ -247,11 +256,17 @@ COMPARISON_METRICS: list[tuple[str, str, bool]] = [
 HIGHER_IS_BETTER = {m: h for m, _, h in COMPARISON_METRICS}
 
 
-def figures_for(model: str | None, ref_row: dict | None, cap: Capacity | None, cost: CostFigures | None) -> dict[str, float]:
+def figures_for(model: str | None, ref_row: dict | None, cap: Capacity | None, cost: CostFigures | None,
+                footprint: Footprint | None = None) -> dict[str, float]:
     """Every comparison figure of one model (nan where not measured)."""
     out: dict[str, float] = {m: math.nan for m, _, _ in COMPARISON_METRICS}
     if model is None:
         return out
+    if footprint is not None:
+        for m in ("parameters", "size_on_disk_mb", "flops_per_request", "flops_per_token", "peak_rss_mb",
+                  "nonfinite_outputs"):
+            v = getattr(footprint, m)
+            out[m] = float(v) if v is not None else math.nan
     if ref_row:
         for m in out:
             if m in ref_row and ref_row[m] is not None:
@@ -431,8 +446,12 @@ def compute(
     if gpu and inst.accelerators == 0:
         notes.append(f"the run has GPU power metrics but instance {inst.name} has no accelerator: pass --instance")
     t, s = run.teacher, run.student
-    t_fig = figures_for(t if t in run.models else None, ref_rows.get(t), capacity.get(t), costs.get(t))
-    s_fig = figures_for(s if s in run.models else None, ref_rows.get(s), capacity.get(s), costs.get(s))
+    mean_tokens = {m: sum(float(p.frame["tokens"].sum()) for p in parts) / sum(len(p.frame) for p in parts)
+                   for m in run.models if (parts := _model_windows(run, m))}
+    prints = footprints(run.models, run.manifest, run.run_dir, run.records, mean_tokens)
+    notes += [f"footprint of {m}: {f.notes}" for m, f in prints.items() if f.notes and m in (t, s)]
+    t_fig = figures_for(t if t in run.models else None, ref_rows.get(t), capacity.get(t), costs.get(t), prints.get(t))
+    s_fig = figures_for(s if s in run.models else None, ref_rows.get(s), capacity.get(s), costs.get(s), prints.get(s))
     comparison = comparison_table(t_fig, s_fig)
     difference = None
     if t in references and s in references:
@@ -444,6 +463,7 @@ def compute(
         teacher=t, student=s, models=run.models, budget_ms=budget, budget_source=budget_source, percentile=pct,
         rules=rules, latency=latency, steps=steps, capacity=capacity, costs=costs, cost_book=book,
         comparison=comparison, difference=difference, references=references, power=sm.power_series(snaps),
+        footprints=prints,
         grid_g_per_kwh=grid_g_per_kwh, verdict="", notes=notes, manifest=run.manifest,
         windows={m: [(p.stage, *p.window) for p in _model_windows(run, m)] for m in run.models},
     )

@@ -95,7 +95,9 @@ def sweep(
     repository: Path = typer.Option(
         Path("model_repository"), "--repository", help="Local copy of the model repository (tokenizer, inputs, roles)."
     ),
-    models: str | None = typer.Option(None, "--models", help="Comma-separated models (default: teacher,student)."),
+    models: str | None = typer.Option(
+        None, "--models", help="Comma-separated models (default: the repository's teacher,student, else every READY model)."
+    ),
     mode: str = typer.Option(
         "open", "--mode", help="open: fixed arrival-rate steps (req/s per model); closed: concurrency steps (users)."
     ),
@@ -127,6 +129,9 @@ def sweep(
     ),
     gpu_metrics_url: str | None = typer.Option(None, "--gpu-metrics-url", help="GPU exporter /metrics to snapshot."),
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where the sweep's run directory goes."),
+    wait_ready: float = typer.Option(
+        0.0, "--wait-ready", help="Before the first step: wait up to SECONDS for the server and every model to be READY."
+    ),
     cost_file: Path | None = typer.Option(None, "--cost-file", help=COST_FILE_HELP),
     instance: str | None = typer.Option(None, "--instance", help=INSTANCE_HELP),
 ) -> None:
@@ -168,6 +173,13 @@ def sweep(
         raise LoadtestError(f"{where}: {err['msg'] if err else exc}") from None
     names, roles = _models(repository, models)
     console = output_console()
+    from loadtest.load.preflight import check_server
+    from loadtest.load.settings import parse_endpoint
+
+    with console.status(f"pre-flight: is {host} up with its models READY?") as status:
+        checked = check_server(parse_endpoint(host, protocol or "auto"), names or None, wait_ready_s=wait_ready,
+                               on_wait=lambda message: status.update(message.replace("loadtest: ", "pre-flight: ")))  # fmt: skip
+    names = checked.names
     target = SweepTarget(host=host, repository=repository, protocol=protocol, triton_metrics_url=triton_metrics_url,
                          gpu_metrics_url=gpu_metrics_url, processes=processes, lengths=lengths,
                          batch_size=batch_size, dataset=dataset)
@@ -195,9 +207,7 @@ def _models(repository: Path, models: str | None) -> tuple[list[str], dict[str, 
             raise LoadtestError(f"{meta_path} is not a JSON object naming teacher and student")
     teacher, student = meta.get("teacher"), meta.get("student")
     names = [m.strip() for m in models.split(",") if m.strip()] if models else [n for n in (teacher, student) if n]
-    if not names:
-        raise LoadtestError(f"no --models given and no {meta_path} naming teacher and student")
-    return list(dict.fromkeys(names)), {"teacher": teacher, "student": student}
+    return list(dict.fromkeys(names)), {"teacher": teacher, "student": student}  # []: every READY model
 
 
 def plan(

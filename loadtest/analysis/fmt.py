@@ -70,4 +70,17 @@ def by_unit(x: object, unit: str) -> str:
         return rate(x)
     if unit == "count":
         return f"{float(x):,.0f}" if ok(x) else MISSING  # type: ignore[arg-type]
+    if unit == "FLOPs":
+        return si(x)
     return num(x)
+
+
+def si(x: object) -> str:
+    """A large count with an SI prefix: 1.23 G, 456 M."""
+    if not ok(x):
+        return MISSING
+    v = float(x)  # type: ignore[arg-type]
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= factor:
+            return f"{num(v / factor)} {prefix}"
+    return num(v)

@@ -20,6 +20,12 @@ if TYPE_CHECKING:  # pragma: no cover
 PROSE_HEADERS = frozenset({"Note", "Why not", "Energy source"})
 
 LABELS = {
+    "parameters": "Parameters",
+    "size_on_disk_mb": "Size on disk",
+    "flops_per_request": "FLOPs per request",
+    "flops_per_token": "FLOPs per token",
+    "peak_rss_mb": "Peak serving memory (RSS)",
+    "nonfinite_outputs": "Non-finite outputs",
     "requests": "Requests",
     "achieved_qps": "Achieved QPS",
     "tokens_per_s": "Tokens/s",
@@ -92,8 +98,13 @@ def comparison_view(a: "Analysis") -> View:
         )
         styles.append(["", "muted", "", "", style, style, style])
     refs = "; ".join(f"{a.role(m)}: {r.description}" for m, r in a.references.items())
+    seqs = {f.flops_sequence_length for f in a.footprints.values() if f.flops_sequence_length}
+    flops = (f"FLOPs counted from the exported graph at batch 1 and {', '.join(map(str, sorted(seqs)))} tokens (the "
+             "run's mean): 2 × multiply-accumulates of MatMul/Gemm/Conv. " if seqs else "")
     caption = (
         f"Saving = 1 − student/teacher (negative for a figure where higher is better and the student is higher). "
+        f"Parameters and size from the export manifest; {flops}Peak serving memory: highest resident set of the "
+        "model's serving processes (recorded when the server ran on the load generator's machine). "
         f"Latency figures from {refs}. Budget: P{a.percentile:g} ≤ {a.budget_ms:g} ms ({a.budget_source})."
     )
     return View("comparison", "Teacher vs student", ["Figure", "Unit", "Teacher", "Student", "S/T", "Saving", "Student is"], rows, caption, styles)

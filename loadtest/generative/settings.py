@@ -27,8 +27,8 @@ GENERATIVE_OPTIONS: list[tuple[str, str, object, type, str]] = [
     ("--teacher", "LOADTEST_TEACHER", "", str, "Generative: the teacher's model name on the server."),
     ("--student", "LOADTEST_STUDENT", "", str, "Generative: the student's model name on the server."),
     ("--tokenizer", "LOADTEST_TOKENIZER", "", str,
-     "Generative: a Hugging Face tokenizer (folder or tokenizer.json) for synthetic prompts and for counting "
-     "tokens when the server reports none."),
+     "A Hugging Face tokenizer (folder or tokenizer.json). Generative: synthetic prompts and token counts when "
+     "the server reports none. Classifiers without a repository: text into token ids."),
     ("--messages-column", "LOADTEST_MESSAGES_COLUMN", "messages", str,
      "Generative: column of --dataset holding chat messages ([{role, content}, ...]); used when present."),
     ("--output-lengths", "LOADTEST_OUTPUT_LENGTHS", DEFAULT_OUTPUT_LENGTHS, str,

@@ -10,6 +10,25 @@ from pathlib import Path
 import typer
 
 
+def preflight(host: str, values: dict, console, tokenizer: str = ""):
+    """Everything the Locust processes will check, before Locust starts: one line and exit 2 on bad input.
+
+    Server reachable and speaking the protocol, every model READY (``--wait-ready``), inputs fillable and
+    the payloads buildable: the same ``build_context`` the Locust listener runs, without importing Locust.
+    """
+    from types import SimpleNamespace
+
+    from loadtest.load.context import build_context
+    from loadtest.load.settings import LoadOptions
+
+    options = LoadOptions.from_namespace(SimpleNamespace(**{k: v for k, v in values.items() if v is not None}))
+    with console.status(f"pre-flight: is {host} up with its models READY?") as status:
+        return build_context(
+            options, host, tokenizer=tokenizer,
+            on_wait=lambda message: status.update(message.replace("loadtest: ", "pre-flight: ")),
+        )  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     app.command(name="run", no_args_is_help=True)(run)
 
@@ -20,7 +39,9 @@ def run(
     ),
     host: str = typer.Option(..., "--host", help="Triton: http://HOST:8000 (HTTP) or grpc://HOST:8001 (gRPC)."),
     repository: Path = typer.Option(
-        Path("model_repository"), "--repository", help="Local copy of the model repository (tokenizer, inputs)."
+        Path("model_repository"), "--repository",
+        help="Optional local copy of a loadtest-exported repository (teacher/student, tokenizer). "
+        "Without it the models and their inputs are read from the server.",
     ),
     users: int | None = typer.Option(None, "-u", "--users", help="Closed loop: concurrent users (peak for shapes)."),
     spawn_rate: float | None = typer.Option(None, "-r", "--spawn-rate", help="Users started per second."),
@@ -33,7 +54,19 @@ def run(
         None, "--stages", help="Stage plan DURATION:VALUE[:LABEL],... (users, or requests/s for open_loop)."
     ),
     shape: str | None = typer.Option(None, "--shape", help="Pick a shape when several are loaded (or 'none')."),
-    models: str | None = typer.Option(None, "--models", help="Comma-separated models (default teacher,student)."),
+    models: str | None = typer.Option(
+        None, "--models", help="Comma-separated models (default: the repository's teacher,student, else every READY model)."
+    ),
+    model_version: str | None = typer.Option(None, "--model-version", help="Version to load; must be READY."),
+    wait_ready: float = typer.Option(
+        0.0, "--wait-ready", help="Wait up to SECONDS for the server and every model to be READY before the clock."
+    ),
+    input_shape: str | None = typer.Option(
+        None, "--input-shape", help="Variable input dims, perf_analyzer's --shape: NAME:d1,d2 [NAME2:...]."
+    ),
+    input_data: Path | None = typer.Option(None, "--input-data", help="Input values: a perf_analyzer JSON file."),
+    int_range: str | None = typer.Option(None, "--int-range", help="Synthetic integers from LO:HI (default 0:100)."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="tokenizer.json for text payloads without a repository."),
     dataset: Path | None = typer.Option(None, "--dataset", help="JSONL/CSV/Parquet payload rows (else synthetic)."),
     lengths: str | None = typer.Option(
         None, "--lengths", help="Synthetic lengths: fixed:N, uniform:MIN:MAX, lognormal:MEDIAN:SIGMA, dataset."
@@ -55,25 +88,36 @@ def run(
     from rich.table import Table
 
     from loadtest.console import output_console
-    from loadtest.load.runner import INCOMPLETE_EXIT_CODE, run_locust
-
     from loadtest.credentials import redact_url
-    from loadtest.load.runner import scenario_path
+    from loadtest.load.runner import INCOMPLETE_EXIT_CODE, run_locust, scenario_path
 
     scenario_path(scenario)
     check_run_options(
         host=host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
         arrival=arrival, stages=stages, batch_size=batch_size, processes=processes, metrics_port=metrics_port,
         metrics_address=metrics_address, repository=repository, dataset=dataset, models=models,
+        results_dir=results_dir,
     )  # fmt: skip
     console = output_console()
     echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False, emoji=False))
+    values = dict(
+        repository=str(repository), models=models, dataset=str(dataset) if dataset else None, lengths=lengths,
+        batch_size=batch_size, arrival_rate=arrival_rate, arrival=arrival, stages=stages,
+        model_version=model_version, wait_ready=wait_ready, input_shape=input_shape,
+        input_data=str(input_data) if input_data else None, int_range=int_range,
+        payload_pool=64,
+    )  # fmt: skip
+    context = preflight(host, values, console, str(tokenizer) if tokenizer else "")
+    ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in context.served)
+    console.print(f"pre-flight: {redact_url(host)} live, models READY: {ready}", highlight=False, soft_wrap=True)
     with console.status(f"running {scenario} against {redact_url(host)} for {run_time}"):
         result = run_locust(
             scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
             arrival=arrival, stages=stages, shape=shape, models=models, repository=repository, dataset=dataset,
             lengths=lengths, batch_size=batch_size, results_dir=results_dir, processes=processes,
             metrics_port=metrics_port, triton_metrics_url=triton_metrics_url, on_output=echo,
+            model_version=model_version, wait_ready=wait_ready or None, input_shape=input_shape, input_data=input_data,
+            int_range=int_range, tokenizer=tokenizer,
             extra_args=["--metrics-address", metrics_address], return_on_signal=True,
         )  # fmt: skip
     if result.signalled:
@@ -95,6 +139,11 @@ def run(
     from loadtest.analysis.reconcile import reconcile
 
     console.print(reconcile(result.run_dir).line(), highlight=False, markup=False, emoji=False)
+    console.print(
+        "[dim]Locust's own percentiles (locust_bucketed_*.csv, locust_bucketed.html, web UI) round each latency "
+        "into buckets (1 ms below 100 ms, 10 ms below 1 s): report the figures above or `loadtest analyze`.[/]",
+        soft_wrap=True,
+    )
     console.print(f"run directory: [bold]{result.run_dir}[/]")
     incomplete = result.incomplete_line()
     if incomplete:
@@ -110,7 +159,8 @@ def run(
 
 
 def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arrival, stages, batch_size, processes,
-                      metrics_port, metrics_address, repository, dataset, models=None) -> None:  # fmt: skip
+                      metrics_port, metrics_address, repository, dataset, models=None,
+                      results_dir=Path("results")) -> None:  # fmt: skip
     """Every option of ``loadtest run`` checked before a run directory exists or Locust starts (one line each)."""
     from loadtest import bounds
     from loadtest.errors import LoadtestError
@@ -131,8 +181,11 @@ def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arriva
     bounds.check_processes("--processes", processes)
     bounds.check_port("--metrics-port", metrics_port)
     bounds.check_bind_address("--metrics-address", metrics_address)
+    bounds.check_writable_dir("--results-dir", results_dir)
+    if Path(repository).exists() and not Path(repository).is_dir():
+        raise LoadtestError(f"--repository {repository} is not a directory: give the model repository's folder")
     if not Path(repository).is_dir():
-        raise LoadtestError(f"model repository {repository} not found: pass --repository, a local copy of what Triton serves")
+        return  # optional: without it the models are read from the server (the pre-flight checks them)
     from loadtest.repository import ModelRepository
 
     repo = ModelRepository(repository)

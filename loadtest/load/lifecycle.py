@@ -25,7 +25,7 @@ import gevent
 from gevent.event import Event
 from locust import events
 from locust.runners import MasterRunner, WorkerRunner
-from transformers import PreTrainedTokenizerFast  # noqa: F401  (loaded once, before --processes forks)
+from tokenizers import Tokenizer  # noqa: F401  (loaded once, before --processes forks)
 
 from loadtest.credentials import URL_CREDENTIALS_ENV, split_host
 from loadtest.errors import LoadtestError
@@ -108,7 +108,7 @@ def prepared_requests(protocol: str) -> dict:
             STATE.prepared[protocol] = prepare_requests(context)
             return STATE.prepared[protocol]
         STATE.prepared[protocol] = {
-            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads]
+            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads_for(spec.name)]
             for spec in context.models
         }
     return STATE.prepared[protocol]
@@ -512,7 +512,14 @@ def _models_for_manifest() -> dict | None:
         "teacher": context.teacher if context.teacher in names else None,
         "student": context.student if context.student in names else None,
         "names": names,
-    }
+        # as the server described each model at test start (the inputs the payloads were built for)
+        "served": [
+            {"name": m.name, "version": m.version or (m.versions[-1] if m.versions else None), "platform": m.platform,
+             "max_batch_size": m.max_batch_size, "decoupled": m.decoupled,
+             "inputs": [{"name": t.name, "datatype": t.datatype, "dims": list(t.dims)} for t in m.inputs]}
+            for m in context.served
+        ],
+    }  # fmt: skip
 
 
 def _base_manifest(environment, options: LoadOptions) -> dict:
@@ -609,7 +616,7 @@ def _prepare_context(environment, options: LoadOptions) -> None:
 
             STATE.context = build_generative_context(options, generation, environment.host)
         else:
-            STATE.context = build_context(options, environment.host)
+            STATE.context = build_context(options, environment.host, tokenizer=generation.tokenizer)
         STATE.context_key = key
         STATE.prepared = {}
         if STATE.role != "master":  # serialise every request once, before the first user needs it
@@ -730,6 +737,19 @@ def _locust_totals(environment) -> dict:
     return {"requests": total.num_requests, "failures": total.num_failures}
 
 
+def _serving_memory() -> dict:
+    """Peak RSS of each model's serving processes when Triton runs on this machine (the footprint table)."""
+    from loadtest.load.serving_memory import serving_memory
+
+    endpoint = STATE.context.endpoint if STATE.context else None
+    if endpoint is None:
+        return {}
+    try:
+        return serving_memory(endpoint.host, endpoint.port)
+    except OSError:  # /proc unreadable (another OS, a container without it): no figure, never a failed test
+        return {}
+
+
 def _finalize(environment) -> None:
     """Local: final snapshot and manifest (every row is written by now)."""
     snapshot_metrics("stop")
@@ -741,6 +761,7 @@ def _finalize(environment) -> None:
     STATE.run.update_manifest(
         end=time.time(),
         complete=not (writer is not None and writer.failure),
+        serving_footprint=_serving_memory(),
         stages=STATE.board.stages_for_manifest(),
         records=records,
         dropped=_nested(STATE.dropped),
@@ -789,6 +810,7 @@ def _finalize_master(environment, wait_s: float = FINAL_REPORT_WAIT_S) -> None:
         _merge(late, report.get("late", {}))
     STATE.run.update_manifest(
         end=time.time(),
+        serving_footprint=_serving_memory(),
         stages=STATE.board.stages_for_manifest(),
         complete=not (failures or lost_workers),
         workers_lost=lost_workers,

@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,11 +54,17 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+# The error text (prefix) of a request answered with NaN or Inf: a failure, counted in the footprint table.
+NONFINITE_ERROR = "non-finite output"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One request as the schema stores it (field order = column order)."""
+class Record(NamedTuple):
+    """One request as the schema stores it (field order = column order).
+
+    A named tuple, not a dataclass: one is built per request on the load generator's hot path, and a
+    tuple is built in one C call (a frozen dataclass sets each of its fields through ``object.__setattr__``)
+    and is already the row ``rows_to_table`` transposes.
+    """
 
     intended_start: float
     start: float
@@ -86,8 +91,7 @@ class Record:
     chunk_gap_max_s: float | None = None
 
 
-assert COLUMNS == tuple(Record.__slots__), "Record fields must follow SCHEMA"
-_as_tuple = attrgetter(*COLUMNS)
+assert COLUMNS == Record._fields, "Record fields must follow SCHEMA"
 
 
 def worker_id() -> str:
@@ -97,7 +101,7 @@ def worker_id() -> str:
 
 def rows_to_table(rows: list[Record]) -> pa.Table:
     """Rows as an Arrow table with exactly SCHEMA's types."""
-    columns = list(zip(*map(_as_tuple, rows))) if rows else [[] for _ in COLUMNS]
+    columns = list(zip(*rows)) if rows else [[] for _ in COLUMNS]
     return pa.Table.from_arrays(
         [pa.array(col, type=f.type) for col, f in zip(columns, SCHEMA)], schema=SCHEMA
     )

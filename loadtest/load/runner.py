@@ -11,7 +11,7 @@ Typical use::
     run = run_locust("open_loop", "http://127.0.0.1:8000", run_time="60s", arrival_rate=50,
                      repository="model_repository", results_dir="results", kind="sweep-50rps")
     run.check()                  # LoadtestError if Locust failed to run
-    run.run_dir                  # results/<run-id>/ (records/, metrics/, manifest.json, locust_*.csv)
+    run.run_dir                  # results/<run-id>/ (records/, metrics/, manifest.json, locust_bucketed_*.csv)
     run.summary()                # per-model figures from the raw records (numpy "linear" percentiles)
 
 ``scenario`` is a scenario name (``steady``, ``step``, ``spike``, ``soak``, ``open_loop``, ``ab``), a
@@ -39,7 +39,9 @@ from loadtest.load.rundir import DEFAULT_RESULTS_DIR, RunDir, create_run_dir
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 LOG_FILE = "locust.log"
-CSV_PREFIX = "locust"
+# Locust's own CSV/HTML percentiles are bucketed (whole ms below 100 ms, 10 ms below 1 s, ...): the file
+# names say so. The figures to report come from the raw records (summary, ``loadtest analyze``).
+CSV_PREFIX = "locust_bucketed"
 STOP_GRACE_S = 15.0
 INCOMPLETE_EXIT_CODE = 3  # Locust stopped the run early and the manifest says why (loadtest.load.lifecycle)
 
@@ -156,7 +158,7 @@ def build_command(
 ) -> list[str]:
     """The ``python -m locust ...`` command line for a headless run writing into ``run_dir``."""
     command = [python, "-m", "locust", "-f", str(scenario), "--headless", "--host", host, "--only-summary"]
-    command += ["--run-dir", str(run_dir), "--csv", str(run_dir / CSV_PREFIX), "--html", str(run_dir / "locust.html")]
+    command += ["--run-dir", str(run_dir), "--csv", str(run_dir / CSV_PREFIX), "--html", str(run_dir / f"{CSV_PREFIX}.html")]
     if users is not None:
         command += ["-u", str(users)]
     if spawn_rate is not None:
@@ -200,6 +202,12 @@ def run_locust(
     metrics_port: int | None = None,
     triton_metrics_url: str | None = None,
     gpu_metrics_url: str | None = None,
+    model_version: str | None = None,
+    wait_ready: float | None = None,
+    input_shape: str | None = None,
+    input_data: str | Path | None = None,
+    int_range: str | None = None,
+    tokenizer: str | Path | None = None,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     on_output: Callable[[str], None] | None = None,
@@ -237,6 +245,12 @@ def run_locust(
         "metrics_port": metrics_port,
         "triton_metrics_url": triton_metrics_url,
         "gpu_metrics_url": gpu_metrics_url,
+        "model_version": model_version,
+        "wait_ready": wait_ready,
+        "input_shape": input_shape,
+        "input_data": input_data,
+        "int_range": int_range,
+        "tokenizer": tokenizer,
     }
     command = build_command(
         path, host, target, options, users=users, spawn_rate=spawn_rate, run_time=run_time,

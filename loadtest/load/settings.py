@@ -22,9 +22,11 @@ DEFAULT_TRITON_METRICS_PORT = 8002
 # (flag, env var, default, type, help); order = order in `locust --help` and in the web UI.
 OPTIONS: list[tuple[str, str, object, type, str]] = [
     ("--repository", "LOADTEST_REPOSITORY", "model_repository", str,
-     "Model repository (local copy) giving the tokenizer, sequence limit and each model's inputs."),
+     "Optional local copy of a loadtest-exported repository: teacher/student names, tokenizer, sequence limit. "
+     "Without it, models and their inputs are read from the server."),
     ("--models", "LOADTEST_MODELS", "", str,
-     "Comma-separated Triton model names to load (default: teacher and student from loadtest.json)."),
+     "Comma-separated Triton model names to load (default: teacher and student from the repository's "
+     "loadtest.json, else every READY model the server lists)."),
     ("--protocol", "LOADTEST_PROTOCOL", "auto", str,
      "auto, http or grpc. auto follows the host scheme: grpc://HOST:PORT means gRPC, anything else HTTP."),
     ("--dataset", "LOADTEST_DATASET", "", str,
@@ -67,6 +69,16 @@ OPTIONS: list[tuple[str, str, object, type, str]] = [
     ("--ssl-ca-file", "LOADTEST_SSL_CA_FILE", "", str, "https:// or grpcs:// host: CA bundle (PEM) to verify it."),
     ("--ssl-cert-file", "LOADTEST_SSL_CERT_FILE", "", str, "TLS client certificate (PEM), with --ssl-key-file."),
     ("--ssl-key-file", "LOADTEST_SSL_KEY_FILE", "", str, "TLS client key (PEM); only its path is ever recorded."),
+    ("--model-version", "LOADTEST_MODEL_VERSION", "", str,
+     "Model version every request targets and that must be READY (default: the server's version policy)."),
+    ("--wait-ready", "LOADTEST_WAIT_READY", 0.0, float,
+     "Before the clock: wait up to this many seconds for the server and every model to be READY (0: check once)."),
+    ("--input-shape", "LOADTEST_INPUT_SHAPE", "", str,
+     "Shapes for variable (-1) input dims, perf_analyzer's --shape: NAME:d1,d2 [NAME2:...] (batch dim excluded)."),
+    ("--input-data", "LOADTEST_INPUT_DATA", "", str,
+     "Input values from a perf_analyzer --input-data JSON file ({\"data\": [{\"INPUT\": [...]}, ...]})."),
+    ("--int-range", "LOADTEST_INT_RANGE", "", str,
+     "Synthetic integer inputs drawn from LO:HI (HI excluded; default 0:100)."),
 ]  # fmt: skip
 
 
@@ -158,6 +170,11 @@ class LoadOptions:
     ssl_ca_file: str
     ssl_cert_file: str
     ssl_key_file: str
+    model_version: str = ""
+    wait_ready: float = 0.0
+    input_shape: str = ""
+    input_data: str = ""
+    int_range: str = ""
 
     @classmethod
     def from_namespace(cls, namespace) -> LoadOptions:
@@ -185,14 +202,17 @@ class LoadOptions:
         bounds.check_number("--request-timeout", self.request_timeout, 0, bounds.MAX_TIMEOUT_S, low_open=True, unit="s")
         if self.protocol.lower() not in ("auto", "http", "grpc"):
             raise LoadtestError(f"--protocol must be auto, http or grpc, got '{self.protocol}'")
+        bounds.check_number("--wait-ready", self.wait_ready, 0, bounds.MAX_TIMEOUT_S, unit="s")
+        if self.model_version and not self.model_version.isdigit():
+            raise LoadtestError(f"--model-version must be a version number, got '{self.model_version}'")
 
     def model_names(self, metadata=None) -> list[str]:
-        """``--models``, or the repository's teacher and student."""
+        """``--models``, or the repository's teacher and student; [] = every READY model of the server."""
         names = [m.strip() for m in self.models.split(",") if m.strip()]
         if names:
             return list(dict.fromkeys(names))
         if metadata is None:
-            raise LoadtestError("no --models given and no loadtest.json to read teacher/student from")
+            return []
         return list(dict.fromkeys([metadata.teacher, metadata.student]))
 
     def triton_metrics(self, host: str | None) -> str | None:
@@ -214,6 +234,10 @@ class LoadOptions:
     @property
     def dataset_path(self) -> Path | None:
         return Path(self.dataset) if self.dataset else None
+
+    @property
+    def input_data_path(self) -> Path | None:
+        return Path(self.input_data) if self.input_data else None
 
 
 assert [f.name for f in fields(LoadOptions)] == [o[0][2:].replace("-", "_") for o in OPTIONS], "keep in step"

@@ -157,7 +157,7 @@ class StreamingClient:
         self.sent[request.model] += 1
         if self.sent[request.model] <= self.warmup:
             stage = WARMUP_STAGE
-        in_flight = self.metrics.in_flight.labels(request.model) if self.metrics is not None else None
+        in_flight = self.metrics.in_flight_for(request.model) if self.metrics is not None else None
         if in_flight is not None:
             in_flight.inc()
         start = CLOCK.now()
@@ -219,6 +219,11 @@ class StreamingClient:
             start_time=record.intended_start,
         )
         return error is None
+
+    def send(self, request: GenerativeRequest, stage: str, loop: str = "closed", intended: float | None = None,
+             tolerance: float = 0.0) -> bool:  # fmt: skip
+        """Send in the calling greenlet, which the users keep alive to the end of the stream (as TritonClient.send)."""
+        return self._send(request, stage, loop, intended, tolerance)
 
     def infer(self, request: GenerativeRequest, *, stage: str, loop: str = "closed", intended: float | None = None,
               tolerance: float = 0.0) -> bool:  # fmt: skip

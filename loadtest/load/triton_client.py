@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import gevent
 import locust  # noqa: F401  (gevent monkey-patching happens here, before gRPC is set up)
+import numpy as np
 from gevent import GreenletExit
 
 from loadtest.credentials import Credentials, grpc_client_tls, http_client_tls
@@ -28,7 +29,7 @@ from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.clock import CLOCK
 from loadtest.load.context import ModelSpec
 from loadtest.load.payloads import Payload, model_arrays
-from loadtest.load.records import Record
+from loadtest.load.records import NONFINITE_ERROR, Record
 from loadtest.load.settings import Endpoint
 
 _GRPC_READY = False
@@ -53,7 +54,12 @@ class TritonRequestError(Exception):
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """A request ready to send: tritonclient input objects built (and serialised) once."""
+    """A request ready to send: serialised once, sent as the same bytes every time.
+
+    ``wire`` is what goes on the wire: for HTTP the KServe binary-tensor body and its JSON header length
+    (exactly what ``tritonclient.http`` builds, built here once instead of per request); for gRPC the
+    ``ModelInferRequest`` protobuf. ``inputs``/``outputs`` are the tritonclient objects it came from.
+    """
 
     model: str
     inputs: list
@@ -61,6 +67,7 @@ class PreparedRequest:
     batch_size: int
     tokens: int
     output_name: str | None
+    wire: tuple = ()
 
 
 def _modules(protocol: str):
@@ -88,9 +95,29 @@ def prepare_request(protocol: str, spec: ModelSpec, payload: Payload) -> Prepare
         outputs = [module.InferRequestedOutput(name) for name in spec.outputs]
     else:
         outputs = [module.InferRequestedOutput(name, binary_data=True) for name in spec.outputs]
-    return PreparedRequest(
-        spec.name, inputs, outputs, payload.batch_size, payload.tokens, spec.outputs[0] if spec.outputs else None
-    )
+    # Rows are checked against the batch only where the model has a batch dimension.
+    checked_output = spec.outputs[0] if spec.outputs and spec.max_batch_size > 0 else None
+    return PreparedRequest(spec.name, inputs, outputs, payload.batch_size, payload.tokens, checked_output,
+                           _wire(protocol, spec.name, inputs, outputs))
+
+
+def _wire(protocol: str, model: str, inputs: list, outputs: list) -> tuple:
+    """The serialised request, built by tritonclient's own request builders (so the bytes are identical)."""
+    if protocol == "grpc":
+        from tritonclient.grpc._utils import _get_inference_request
+
+        return (_get_inference_request(model_name=model, inputs=inputs, model_version="", request_id="",
+                                       outputs=outputs, sequence_id=0, sequence_start=False, sequence_end=False,
+                                       priority=0, timeout=None, parameters=None),)  # fmt: skip
+    from urllib.parse import quote
+
+    from tritonclient.http._utils import _get_inference_request
+
+    body, json_size = _get_inference_request(inputs=inputs, request_id="", outputs=outputs, sequence_id=0,
+                                             sequence_start=False, sequence_end=False, priority=0, timeout=None,
+                                             custom_parameters=None)  # fmt: skip
+    headers = {"Inference-Header-Content-Length": json_size} if json_size is not None else {}
+    return f"v2/models/{quote(model)}/infer", body, headers
 
 
 def _error_text(exc: BaseException) -> str:
@@ -130,6 +157,16 @@ class TritonClient:
         credentials = credentials or Credentials()
         self.headers = credentials.request_headers(self.protocol)
         module = _modules(self.protocol)
+        self._result = module.InferResult
+        if self.protocol == "grpc":
+            import grpc
+            from tritonclient.grpc._utils import raise_error_grpc
+
+            self._rpc_error, self._raise_rpc = grpc.RpcError, raise_error_grpc
+        else:
+            from tritonclient.http._utils import _raise_if_error
+
+            self._raise_if_error = _raise_if_error
         if self.protocol == "grpc":
             tls = grpc_client_tls(credentials) if endpoint.ssl else {}
             self._client = module.InferenceServerClient(url=endpoint.address, **tls)
@@ -144,6 +181,31 @@ class TritonClient:
             )
 
     def _call(self, request: PreparedRequest):
+        """Send the prepared bytes through tritonclient's own connection (its pool, TLS and plugin headers).
+
+        ``InferenceServerClient.infer`` would rebuild and re-serialise the request every time; this sends
+        the request serialised once and parses the answer with tritonclient's ``InferResult`` as ``infer``
+        does, so what Triton receives and how its errors read are unchanged.
+        """
+        client = self._client
+        if not request.wire:
+            return self._infer(request)
+        if self.protocol == "grpc":
+            try:
+                response = client._client_stub.ModelInfer(
+                    request=request.wire[0], metadata=client._get_metadata(self.headers), timeout=self.timeout_s
+                )
+            except self._rpc_error as rpc_error:
+                self._raise_rpc(rpc_error)
+            return self._result(response)
+        uri, body, headers = request.wire
+        response = client._post(request_uri=uri, request_body=body, headers={**dict(headers), **(self.headers or {})},
+                                query_params=None)  # fmt: skip
+        self._raise_if_error(response)
+        return self._result(response, False)
+
+    def _infer(self, request: PreparedRequest):
+        """tritonclient's ``infer``: for requests prepared without their wire bytes."""
         if self.protocol == "grpc":
             return self._client.infer(
                 request.model, request.inputs, outputs=request.outputs, client_timeout=self.timeout_s,
@@ -151,10 +213,20 @@ class TritonClient:
             )  # fmt: skip
         return self._client.infer(request.model, request.inputs, outputs=request.outputs, headers=self.headers)
 
-    def _send(self, request: PreparedRequest, stage: str, loop: str, intended: float | None, tolerance: float) -> bool:
-        """Send, measure, and report one request; runs in its own greenlet (see ``infer``)."""
-        in_flight = self.metrics.in_flight.labels(request.model) if self.metrics else None
+    def send(
+        self, request: PreparedRequest, stage: str, loop: str = "closed", intended: float | None = None,
+        tolerance: float = 0.0,
+    ) -> bool:
+        """Send, measure, and report one request in the calling greenlet; True on success.
+
+        The caller keeps its greenlet alive until the request is answered (``TritonUser.stop`` defers a
+        kill; open-loop sends run in greenlets nobody kills). Should a kill still land mid-request, the
+        request is recorded and counted as a failure before the kill proceeds, so Locust's counts and our
+        records still match what Triton saw.
+        """
+        in_flight = self.metrics.in_flight_for(request.model) if self.metrics else None
         error: str | None = None
+        killed = False
         if in_flight is not None:
             in_flight.inc()
         start = CLOCK.now()
@@ -165,8 +237,13 @@ class TritonClient:
                 if rows is None or len(rows) != request.batch_size:
                     got = "no output" if rows is None else f"{len(rows)} rows"
                     error = f"bad response: {got} for a batch of {request.batch_size}"
+                elif rows.dtype.kind == "f" and not np.isfinite(rows).all():  # the footprint's non-finite count
+                    error = f"{NONFINITE_ERROR}: NaN or Inf in {request.output_name}"
         except Exception as exc:  # every failure is a counted, recorded request
             error = _error_text(exc)
+        except GreenletExit:
+            killed = True
+            error = "interrupted: the load generator stopped this user mid-request"
         end = CLOCK.now()
         self.last_error = error
         if in_flight is not None:
@@ -200,6 +277,8 @@ class TritonClient:
             context={"loadtest_record": record},
             start_time=record.intended_start,
         )
+        if killed:
+            raise GreenletExit()
         return error is None
 
     def infer(
@@ -211,13 +290,14 @@ class TritonClient:
         intended: float | None = None,
         tolerance: float = 0.0,
     ) -> bool:
-        """Send one request and wait for it; True on success.
+        """Send one request in a greenlet of its own and wait for it; True on success.
 
+        For callers that may be killed at any moment (``send`` is the cheaper path for those that are not).
         ``intended`` (a ``CLOCK.now()`` reading) makes the latency run from the schedule's send time
         (open loop). If the calling greenlet is killed meanwhile, the request still completes and is
         reported before the kill proceeds.
         """
-        worker = gevent.spawn(self._send, request, stage, loop, intended, tolerance)
+        worker = gevent.spawn(self.send, request, stage, loop, intended, tolerance)
         try:
             return worker.get()
         except GreenletExit:

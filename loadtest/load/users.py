@@ -29,6 +29,7 @@ from gevent import GreenletExit
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 from locust import User, constant, task
+from locust.user.task import LOCUST_STATE_STOPPING
 from locust.exception import StopUser
 
 from loadtest.load import lifecycle
@@ -70,6 +71,7 @@ class TritonUser(User):
     abstract = True
     wait_time = constant(0)
     send_to_all_models = False  # ABTritonUser: the same payload to every model at once
+    _in_request = False
 
     def on_start(self) -> None:
         context = lifecycle.current_context()
@@ -97,23 +99,42 @@ class TritonUser(User):
         self.cursor = (self.cursor + 1) % self.n_payloads
         return index
 
+    def stop(self, force: bool = False) -> bool:
+        """Never kill a request in flight: let it be answered and recorded, then stop before the next.
+
+        Without ``--stop-timeout`` Locust kills users outright at the end of a test; a request cut off
+        then is counted by Triton but by neither Locust nor the records. Deferring the kill to the end
+        of the request costs nothing per request (a greenlet per request to shield it cost ~10 µs).
+        """
+        if force and self._in_request and self._greenlet is not gevent.getcurrent():
+            self._state = LOCUST_STATE_STOPPING  # Locust's task loop stops the user after this task
+            self._greenlet.join()
+            return True
+        return super().stop(force)
+
     @task
     def infer(self) -> None:
         stage = lifecycle.STATE.board.label
-        if not self.send_to_all_models:
-            model = self.models[self.turn]
-            self.turn = (self.turn + 1) % len(self.models)
-            self.client.infer(self.requests[model][self._next_index()], stage=stage)
-            self._back_off_if_unreachable()
-            return
+        self._in_request = True
+        try:
+            if not self.send_to_all_models:
+                model = self.models[self.turn]
+                self.turn = (self.turn + 1) % len(self.models)
+                self.client.send(self.requests[model][self._next_index()], stage)
+            else:
+                self._send_to_all(stage)
+        finally:
+            self._in_request = False
+        self._back_off_if_unreachable()
+
+    def _send_to_all(self, stage: str) -> None:
         index = self._next_index()
-        sends = [gevent.spawn(self.client.infer, self.requests[m][index], stage=stage) for m in self.models]
+        sends = [gevent.spawn(self.client.send, self.requests[m][index], stage) for m in self.models]
         try:
             gevent.joinall(sends)
         except GreenletExit:  # stopped meanwhile: let both answers arrive and be recorded first
             gevent.joinall(sends)
             raise
-        self._back_off_if_unreachable()
 
     def _back_off_if_unreachable(self) -> None:
         """After a connection error, wait (exponential, counted); the next success resets it."""
@@ -183,8 +204,8 @@ class OpenLoopUser(User):
                 lifecycle.count_dropped(model, stage)
                 return
         try:
-            self.client.infer(request, stage=stage, loop="open", intended=intended,
-                              tolerance=self.options.late_tolerance)  # fmt: skip
+            # this greenlet belongs to the driver's send group, which is joined, never killed
+            self.client.send(request, stage, "open", intended, self.options.late_tolerance)
         finally:
             slot.release()
 

@@ -29,6 +29,11 @@ class ServedModel:
     output: str
     max_batch_size: int  # 0: the model takes no batch dimension of its own, one example per request
 
+    @property
+    def takes_text(self) -> bool:
+        """One BYTES input: the model tokenises inside Triton (e.g. a ``--with-tokenizer`` ensemble)."""
+        return len(self.inputs) == 1 and self.inputs[0][1] == "object"
+
 
 def describe_model(repository, name: str) -> ServedModel:
     """Read a model's inputs, output and max_batch_size from ``config.pbtxt`` (via ModelRepository)."""
@@ -46,6 +51,39 @@ def describe_model(repository, name: str) -> ServedModel:
         raise LoadtestError(f"model '{name}' declares no output in its config.pbtxt")
     output = "logits" if "logits" in outputs else outputs[0]
     return ServedModel(name, tuple((s.name, s.dtype) for s in inputs), output, int(config.max_batch_size))
+
+
+def served_model(model) -> ServedModel:
+    """A classifier as the *server* describes it (``loadtest.load.server_models.ServerModel``).
+
+    Accepted: token inputs (``input_ids`` plus optional ``attention_mask``/``token_type_ids``, integers),
+    or a single BYTES input taking the text itself (a model that tokenises inside Triton, such as a
+    ``--with-tokenizer`` ensemble). The output read is ``logits``, else the only floating-point output.
+    """
+    required = [t for t in model.inputs if not t.optional]
+    text_inputs = [t for t in required if t.datatype == "BYTES"]
+    if text_inputs and len(required) == 1:
+        inputs = ((text_inputs[0].name, "object"),)
+    else:
+        unknown = [t.name for t in required if t.name not in KNOWN_INPUTS or t.datatype == "BYTES"]
+        if unknown or not any(t.name == "input_ids" for t in required):
+            found = ", ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in model.inputs)
+            raise LoadtestError(
+                f"model '{model.name}' takes {found}: loadtest eval sends text (one BYTES input) or token ids "
+                f"(input_ids, attention_mask, token_type_ids); evaluate a model with one of those input formats"
+            )
+        inputs = tuple((t.name, t.numpy_dtype) for t in model.inputs if t.name in KNOWN_INPUTS)
+    floats = [t.name for t in model.outputs if t.datatype in ("FP16", "FP32", "FP64")]
+    if "logits" in floats:
+        output = "logits"
+    elif len(floats) == 1:
+        output = floats[0]
+    else:
+        raise LoadtestError(
+            f"model '{model.name}' has outputs {[t.name for t in model.outputs]}: loadtest eval reads 'logits' "
+            "(or a single floating-point output) as the class scores"
+        )
+    return ServedModel(model.name, inputs, output, int(model.max_batch_size))
 
 
 def parse_host(host: str) -> tuple[str, str]:
@@ -149,6 +187,7 @@ class TritonEvaluator:
         batch_size: int,
         pad_id: int = 0,
         on_batch: Callable[[int], None] | None = None,
+        texts: list[str] | None = None,
     ) -> np.ndarray:
         """Logits (n, num_labels) for every example, in the dataset's order; ``on_batch(rows)`` after each batch."""
         n = len(encoded.input_ids)
@@ -158,8 +197,16 @@ class TritonEvaluator:
         result: np.ndarray | None = None
         for start in range(0, n, size):
             rows = order[start : start + size]
-            arrays = self._batch_arrays(model, encoded, rows, pad_id)
+            if model.takes_text:
+                if texts is None:
+                    raise LoadtestError(f"model '{model.name}' takes text: the evaluation set needs a 'text' column")
+                shape = (len(rows), 1) if model.max_batch_size > 0 else (1,)
+                arrays = {model.inputs[0][0]: np.array([texts[r].encode() for r in rows], dtype=object).reshape(shape)}
+            else:
+                arrays = self._batch_arrays(model, encoded, rows, pad_id)
             out = self._infer(model, arrays)
+            if model.max_batch_size == 0:  # no batch dimension: one example's scores
+                out = out.reshape(1, -1)
             if out.ndim != 2 or out.shape[0] != len(rows):
                 raise LoadtestError(
                     f"model '{model.name}' returned '{model.output}' of shape {list(out.shape)} for a batch of {len(rows)};"

@@ -12,7 +12,7 @@ from loadtest.console import output_console
 def eval_command(
     dataset: Path = typer.Option(..., "--dataset", "-d", help="Frozen evaluation set: .parquet, .jsonl or .csv with 'text' (or 'input_ids') and 'label' columns; extra bool/str columns become slices."),
     host: str = typer.Option("http://127.0.0.1:8000", "--host", help="Triton endpoint (http://HOST:PORT, or grpc://HOST:PORT)."),
-    repo: Path = typer.Option(Path("model_repository"), "--repo", help="Model repository: labels, tokenizer, sequence limit and model configs come from it."),
+    repo: Path = typer.Option(Path("model_repository"), "--repo", help="Optional loadtest repository: labels, tokenizer, sequence limit, teacher/student names. The models' inputs are read from the server."),
     teacher: str | None = typer.Option(None, "--teacher", help="Teacher model name on the server (default: the repository's loadtest.json)."),
     student: str | None = typer.Option(None, "--student", help="Student model name on the server (default: the repository's loadtest.json)."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Write into this existing run directory (e.g. a load test's) so its report.html shows quality too."),
@@ -25,6 +25,9 @@ def eval_command(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace quality results already in --run-dir."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds to wait for one batch's answer."),
+    labels: str | None = typer.Option(None, "--labels", help="Class names in the order of the models' scores, comma-separated (default: the repository's loadtest.json; needed without one)."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="tokenizer.json (or its folder) turning the set's text into token ids, for models that take token ids (default: the repository's)."),
+    wait_ready: float = typer.Option(0.0, "--wait-ready", help="Wait up to SECONDS for the server and both models to be READY."),
 ) -> None:
     """Measure distillation quality through the served teacher and student: agreement, KL, accuracy, ECE, per slice.
 
@@ -52,6 +55,9 @@ def eval_command(
         seed=seed,
         overwrite=overwrite,
         timeout_s=timeout,
+        labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
+        tokenizer=tokenizer,
+        wait_ready_s=wait_ready,
     )
     result = run_eval(settings, console=console)
     out = output_console()

@@ -201,19 +201,18 @@ class EncodedInputs:
     truncated: np.ndarray  # bool
 
 
+def text_only(dataset: EvalDataset) -> EncodedInputs:
+    """For models that tokenise inside Triton and no tokenizer here: lengths in whitespace words, nothing cut."""
+    words = np.array([len(str(t).split()) for t in dataset.frame["text"]], dtype=np.int64)
+    return EncodedInputs([[] for _ in words], None, words, words, np.zeros(len(words), dtype=bool))
+
+
 def encode(dataset: EvalDataset, tokenizer, max_length: int) -> EncodedInputs:
     """Tokenize (or take ``input_ids``) and truncate to ``max_length`` tokens."""
     if dataset.has_text:
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the "longer than the maximum" warning: we count and report it ourselves
-        try:
-            texts = dataset.frame["text"].tolist()
-            full = tokenizer(texts, truncation=False, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
-            encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=True)
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        texts = dataset.frame["text"].tolist()
+        full = tokenizer(texts, truncation=False, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=False)
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True, return_attention_mask=False, return_token_type_ids=True)
         input_tokens = np.array([len(ids) for ids in full["input_ids"]], dtype=np.int64)
         input_ids = [list(ids) for ids in encoded["input_ids"]]
         token_types = [list(t) for t in encoded["token_type_ids"]] if "token_type_ids" in encoded else None

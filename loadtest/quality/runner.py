@@ -45,6 +45,9 @@ class EvalSettings:
     overwrite: bool = False
     timeout_s: float = 120.0
     show_progress: bool = True
+    labels: list[str] | None = None  # default: loadtest.json's (needed without a repository)
+    tokenizer: Path | None = None  # default: the repository's (token-input models fed text)
+    wait_ready_s: float = 0.0
 
 
 @dataclass
@@ -176,9 +179,12 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from loadtest.quality import results as store
-    from loadtest.quality.client import TritonEvaluator, describe_model
-    from loadtest.quality.dataset import encode, load_dataset
-    from loadtest.repository import ModelRepository
+    from loadtest.load.preflight import check_server
+    from loadtest.load.settings import parse_endpoint
+    from loadtest.quality.client import TritonEvaluator, served_model
+    from loadtest.quality.dataset import encode, load_dataset, text_only
+    from loadtest.repository import METADATA_FILE, ModelRepository
+    from loadtest.tokenizer import FastTokenizer
 
     console = console or Console(stderr=True)
     from loadtest import bounds
@@ -197,18 +203,41 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
         bounds.check_writable_dir("--results", settings.results)
 
     repository = ModelRepository(settings.repository)
-    if not repository.path.is_dir():
-        raise LoadtestError(f"model repository {repository.path} does not exist (see --repo)")
-    metadata = repository.read_metadata()
+    metadata = repository.read_metadata() if (repository.path / METADATA_FILE).is_file() else None
+    if metadata is None and not (settings.labels and settings.teacher and settings.student):
+        raise LoadtestError(
+            f"no loadtest.json in {repository.path}: without a repository pass --teacher, --student and --labels "
+            "(the class names in the order of the models' scores)"
+        )
+    labels = list(settings.labels or metadata.labels)
+    max_length = metadata.max_sequence_length if metadata is not None else 512
     names = {"teacher": settings.teacher or metadata.teacher, "student": settings.student or metadata.student}
-    served = {role: describe_model(repository, name) for role, name in names.items()}
-    dataset = load_dataset(settings.dataset, metadata.labels)
-    tokenizer = repository.load_tokenizer() if dataset.has_text else None
-    encoded = encode(dataset, tokenizer, metadata.max_sequence_length)
-    if encoded.truncated.any():
+    checked = check_server(
+        parse_endpoint(settings.host), list(dict.fromkeys(names.values())), wait_ready_s=settings.wait_ready_s,
+        timeout_s=min(settings.timeout_s, 10.0),
+    )  # fmt: skip
+    by_name = {model.name: model for model in checked.models}
+    served = {role: served_model(by_name[name]) for role, name in names.items()}
+    dataset = load_dataset(settings.dataset, labels)
+    tokenizer = None
+    if settings.tokenizer is not None:
+        tokenizer = FastTokenizer.from_path(settings.tokenizer, max_length)
+    elif metadata is not None and dataset.has_text:
+        tokenizer = repository.load_tokenizer()
+    needs_tokens = any(not model.takes_text for model in served.values())
+    if needs_tokens and dataset.has_text and tokenizer is None:
+        raise LoadtestError(
+            "the evaluation set holds text and a model takes token ids: give the tokenizer (--tokenizer tokenizer.json "
+            "or a repository with loadtest.json), or an 'input_ids' column"
+        )
+    if not needs_tokens and not dataset.has_text:
+        raise LoadtestError("both models take text (a BYTES input): the evaluation set needs a 'text' column")
+    encoded = encode(dataset, tokenizer, max_length) if tokenizer is not None or not dataset.has_text else text_only(dataset)
+    texts = dataset.frame["text"].astype(str).tolist() if dataset.has_text else None
+    if encoded.truncated.any() and needs_tokens:
         console.print(
             f"[yellow]note:[/] {int(encoded.truncated.sum())} of {len(dataset)} inputs are longer than the model's limit of "
-            f"{metadata.max_sequence_length} tokens and were truncated to it (counted in the report; column 'truncated')."
+            f"{max_length} tokens and were truncated to it (counted in the report; column 'truncated')."
         )
     pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
 
@@ -223,14 +252,14 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
         TimeRemainingColumn(),
     )
     with TritonEvaluator(settings.host, timeout_s=settings.timeout_s) as client:
-        client.check_ready([served["teacher"].name, served["student"].name])
         with Progress(*columns, console=console, disable=not settings.show_progress, transient=False) as progress:
             for role in ("teacher", "student"):
                 model = served[role]
                 task = progress.add_task(f"{role} ({model.name})", total=len(dataset))
                 t0 = time.perf_counter()
                 logits[role] = client.logits(
-                    model, encoded, settings.batch_size, pad_id, on_batch=lambda rows, task=task: progress.advance(task, rows)
+                    model, encoded, settings.batch_size, pad_id, on_batch=lambda rows, task=task: progress.advance(task, rows),
+                    texts=texts,
                 )
                 timing[f"{role}_s"] = time.perf_counter() - t0
             run_dir = settings.run_dir
@@ -244,7 +273,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 counter["done"] += 1
                 progress.update(task, completed=counter["done"])
 
-            result = assemble(dataset, encoded, logits, metadata.labels, slice_settings, score_settings, comparison, progress=tick)
+            result = assemble(dataset, encoded, logits, labels, slice_settings, score_settings, comparison, progress=tick)
             progress.update(task, total=counter["done"])
     finished = time.time()
 
@@ -268,7 +297,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
             "host": redact_url(settings.host),
             "repository": str(repository.path),
             "models": names,
-            "max_sequence_length": metadata.max_sequence_length,
+            "max_sequence_length": max_length,
             "dataset": {
                 "path": str(dataset.path),
                 "sha256": _sha256(dataset.path),
@@ -276,7 +305,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 "input": "text" if dataset.has_text else "input_ids",
             },
             "truncation": (
-                f"inputs longer than {metadata.max_sequence_length} tokens are truncated to it by the repository's tokenizer"
+                f"inputs longer than {max_length} tokens are truncated to it by the repository's tokenizer"
                 " (special tokens kept); 'input_tokens' keeps the original length"
             ),
             "batch_size": {role: min(settings.batch_size, served[role].max_batch_size or 1) for role in served},
