@@ -87,7 +87,7 @@ def test_credentials_never_written_over_https_and_grpc_tls(triton_server, tmp_pa
     sent = b"\n".join(https.first_bytes).lower()
     basic = base64.b64encode(f"analyst:{SECRET}".encode())
     assert b"authorization: basic " + basic.lower() in sent and f"x-api-key: {TOKEN}".lower().encode() in sent
-    for name in ("manifest.json", "locust.html", "quality/summary.json", "report.html", "locust.log"):
+    for name in ("manifest.json", "locust_bucketed.html", "quality/summary.json", "report.html", "locust.log"):
         assert (http_run / name).is_file(), name
     needles = [SECRET.encode(), basic, TOKEN.encode(), str(key.read_text()).splitlines()[1].encode()]
     assert _files_containing(results, needles) == []

@@ -212,9 +212,12 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     labels = list(settings.labels or metadata.labels)
     max_length = metadata.max_sequence_length if metadata is not None else 512
     names = {"teacher": settings.teacher or metadata.teacher, "student": settings.student or metadata.student}
+    from loadtest.credentials import load_credentials, split_host
+
+    clean_host, user_info = split_host(settings.host)
     checked = check_server(
-        parse_endpoint(settings.host), list(dict.fromkeys(names.values())), wait_ready_s=settings.wait_ready_s,
-        timeout_s=min(settings.timeout_s, 10.0),
+        parse_endpoint(clean_host), list(dict.fromkeys(names.values())), wait_ready_s=settings.wait_ready_s,
+        timeout_s=min(settings.timeout_s, 10.0), credentials=load_credentials(user_info),
     )  # fmt: skip
     by_name = {model.name: model for model in checked.models}
     served = {role: served_model(by_name[name]) for role, name in names.items()}
