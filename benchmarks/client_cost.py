@@ -156,10 +156,14 @@ def run_locust(name: str, rnd: int, locustfile: Path, host: str, extra: list[str
         time.sleep(1.0)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         pid = int(children[0]) if children else proc.pid
+    deadline = time.time() + args.duration + 90  # figures come from the run itself; never wait on a stuck exit
     while proc.poll() is None:
         cpu = _proc_cpu(pid)
         if cpu is not None:
             samples.append((time.time(), cpu))
+        if time.time() > deadline:
+            proc.kill()
+            print(f"  ({name}: the process did not exit 90 s after its run; killed)", flush=True)
         time.sleep(0.2)
     err = proc.stderr.read()
     history = list(csv.DictReader(open(f"{prefix}_stats_history.csv")))

@@ -116,7 +116,8 @@ def run_demo(options: DemoOptions, console=None) -> Path:
             from loadtest.quality.runner import EvalSettings, run_eval
 
             quality = run_eval(
-                EvalSettings(dataset=pair.eval_path, host=server.http_url, repository=options.repository, run_dir=run_dir),
+                EvalSettings(dataset=pair.eval_path, host=server.http_url, repository=options.repository, run_dir=run_dir,
+                             group_column="segment"),
                 console=console,
             )
     finally:

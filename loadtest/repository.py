@@ -24,6 +24,7 @@ MANIFEST_FILE = "export_manifest.json"
 CONFIG_FILE = "config.pbtxt"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 MODEL_FILES = {"onnxruntime_onnx": "model.onnx", "tensorrt_plan": "model.plan"}
+BACKEND_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
 
 # numpy dtype name <-> Triton data type, for the types our models use.
 NUMPY_TO_TRITON = {
@@ -154,7 +155,8 @@ class ModelRepository:
 
     def model_file(self, name: str, version: int = 1) -> Path:
         config = self.read_config(name)
-        return self.model_dir(name) / str(version) / (config.default_model_filename or MODEL_FILES[config.platform])
+        default = MODEL_FILES.get(config.platform) or BACKEND_FILES.get(config.backend, "model")
+        return self.model_dir(name) / str(version) / (config.default_model_filename or default)
 
     def models(self) -> list[str]:
         """Names of the model folders (every folder at the root is a model to Triton)."""
@@ -248,9 +250,18 @@ class ModelRepository:
             raise LoadtestError(f"model repository {self.path} holds no model folders")
         for name in names:
             config = self.read_config(name)
-            if config.platform not in MODEL_FILES:
-                raise LoadtestError(f"model '{name}': platform '{config.platform}' is not supported here")
-            model_file = self.model_file(name)
+            if config.platform == "ensemble":
+                continue  # its steps are the other models; Triton checks the wiring at load
+            if config.platform not in MODEL_FILES and config.backend not in BACKEND_FILES:
+                kind = f"platform '{config.platform}'" if config.platform else f"backend '{config.backend}'"
+                raise LoadtestError(f"model '{name}': {kind} is not supported here")
+            model_file = self.model_file(name, _first_version(self.model_dir(name)))
             if not model_file.is_file():
                 raise LoadtestError(f"model '{name}' has no model file {model_file.relative_to(self.path)}")
         return names
+
+
+def _first_version(model_dir: Path) -> int:
+    """The lowest numeric version folder (1 when there is none yet, so the error names 1/)."""
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return versions[0] if versions else 1

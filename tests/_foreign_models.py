@@ -173,6 +173,7 @@ SOURCES = {
     "char_classifier": CHAR_CLASSIFIER,
 }
 FOREIGN_MODELS = tuple(CONFIGS)
+ENSEMBLE_STEPS = {"text_classifier": ("text_to_codes", "char_classifier")}  # each ensemble request counts on both
 
 
 def write_foreign_repository(root: Path) -> Path:
@@ -196,4 +197,17 @@ def labelled_texts() -> list[dict]:
         letters = [c for c in text if c != " "]
         share = sum(c in "aeiou" for c in text) / max(len(text), 1)
         rows.append({"text": text, "label": "vowels" if share > 1 / 3 else "consonants", "n_letters": len(letters)})
+    return rows
+
+
+def labelled_features(n: int = 30) -> list[dict]:
+    """A labelled set in fp32_mlp's own input format (a 'features' column), labels = argmax of its scores."""
+    import numpy as np
+
+    weights = np.linspace(-1.0, 1.0, 16 * 3, dtype=np.float32).reshape(16, 3)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        x = rng.normal(size=16).astype(np.float32)
+        rows.append({"features": x.tolist(), "label": "abc"[int(np.argmax(x @ weights))], "half": f"h{i % 2}"})
     return rows

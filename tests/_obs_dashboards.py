@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 DASHBOARD_DIR = REPO / "grafana" / "dashboards"
 GRAFANA_GLOBALS = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms"}
 GPU_METRIC = re.compile(r"\b(loadtest_gpu_\w+|nv_gpu_\w+|nv_energy_\w+|DCGM_\w+)")
+GENERATIVE_METRIC = re.compile(r"\b(loadtest_time_to_first_token_\w+|loadtest_inter_token_latency_\w+|loadtest_output_tokens_\w+)")
 TRITON_GPU_METRIC = re.compile(r"\b(nv_gpu_\w+|nv_energy_\w+)")
 VARIABLE = re.compile(r"\$\{?(\w+)(?::\w+)?\}?")
 
@@ -33,6 +34,11 @@ class PanelQuery:
     def gpu(self) -> bool:
         """Needs GPU metrics (our exporter's, Triton's or DCGM's): no data without a GPU."""
         return bool(GPU_METRIC.search(self.expr))
+
+    @property
+    def generative(self) -> bool:
+        """Reads the LLM users' metrics: data only during a generative run (test_dashboards_generative_live)."""
+        return bool(GENERATIVE_METRIC.search(self.expr))
 
     @property
     def name(self) -> str:

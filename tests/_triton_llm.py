@@ -1,131 +1,140 @@
-"""A decoupled generative model on a real embedded Triton (PyTriton), following the generative contract.
+"""Decoupled generative models on the real embedded Triton, as standard Python-backend ``model.py`` files.
 
-The model is a test fixture, not an LLM: it streams the prompt's words back, ``tokens_per_chunk`` words
-per response, ``delay_s`` apart, and says how many tokens each response holds (``num_output_tokens``)
-and how many the prompt held (``num_input_tokens``). What it serves is real Triton: gRPC
-``ModelStreamInfer`` and HTTP ``generate_stream`` with Triton's own framing, final-response flag and
-error responses, and Triton's own ``nv_inference_request_success`` counter. A prompt longer than
-``CONTEXT_TOKENS`` words is refused with an error, as a server refuses a prompt longer than its context.
-A second, non-decoupled model lets the tests check the one-line error for streaming from one.
+The models follow the generative contract (docs/architecture.md): ``text_input`` BYTES [1], optional
+``max_tokens`` INT32 [1], ``stream`` BOOL [1] and ``sampling_parameters`` BYTES [1] in; ``text_output``,
+``num_output_tokens`` and ``num_input_tokens`` out; ``max_batch_size 0``. They are test fixtures, not
+LLMs: ``echo`` streams the prompt's words back one per response, ``echo2`` two per response (so tokens
+and chunks differ), ``DELAY_S`` apart; a prompt longer than ``CONTEXT_TOKENS`` words is refused with an
+error response, as a server refuses a prompt longer than its context. ``plain`` answers whole and is
+not decoupled. What serves them is real: the wheel's ``tritonserver`` with the Python backend (gRPC
+``ModelStreamInfer``, HTTP ``generate_stream``, the final-response flag, error responses, and Triton's
+own ``nv_inference_request_success`` counter).
 """
 
 from __future__ import annotations
 
-import os
-import sysconfig
-import time
-
-import numpy as np
-
-from loadtest.serving.ports import free_port
+from pathlib import Path
 
 CONTEXT_TOKENS = 48
 
+MODEL_PY = '''
+import json
+import time
 
-def _ld_path() -> None:
-    """The Python-backend stub must load this interpreter's libpython (see the serving notes)."""
-    libdir = sysconfig.get_config_var("LIBDIR")
-    current = os.environ.get("LD_LIBRARY_PATH", "")
-    if libdir and libdir not in current.split(":"):
-        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+CONTEXT_TOKENS = %(context)d
 
 
 def _scalar(request, name, default):
-    if name not in request or request[name] is None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
         return default
-    value = np.ravel(request[name])
+    value = tensor.as_numpy().reshape(-1)
     return value[0] if value.size else default
 
 
-def echo_generator(delay_s: float, tokens_per_chunk: int):
-    def infer(requests):
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = config.get("parameters", {})
+        self.per_chunk = int(params["tokens_per_chunk"]["string_value"])
+        self.delay_s = float(params["delay_s"]["string_value"])
+        self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
+
+    def _outputs(self, text, n, n_in):
+        return [
+            pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_)),
+            pb_utils.Tensor("num_output_tokens", np.array([n], dtype=np.int32)),
+            pb_utils.Tensor("num_input_tokens", np.array([n_in], dtype=np.int32)),
+        ]
+
+    def execute(self, requests):
+        answers = []
         for request in requests:
             prompt = _scalar(request, "text_input", b"")
-            prompt = prompt.decode() if isinstance(prompt, bytes) else str(prompt)
-            words = prompt.split() or ["empty"]
-            if len(words) > CONTEXT_TOKENS:
-                raise ValueError(f"prompt of {len(words)} tokens exceeds the context of {CONTEXT_TOKENS} tokens")
+            words = (prompt.decode() if isinstance(prompt, bytes) else str(prompt)).split() or ["empty"]
             max_tokens = int(_scalar(request, "max_tokens", 16))
+            if not self.decoupled:
+                text = "".join(" " + words[i %% len(words)] for i in range(max_tokens))
+                answers.append(pb_utils.InferenceResponse(output_tensors=self._outputs(text, max_tokens, len(words))))
+                continue
+            sender = request.get_response_sender()
+            if len(words) > CONTEXT_TOKENS:
+                error = pb_utils.TritonError(
+                    f"prompt of {len(words)} tokens exceeds the context of {CONTEXT_TOKENS} tokens")
+                sender.send(pb_utils.InferenceResponse(error=error),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
             sent = 0
             while sent < max_tokens:
-                n = min(tokens_per_chunk, max_tokens - sent)
-                text = "".join(" " + words[(sent + i) % len(words)] for i in range(n))
+                n = min(self.per_chunk, max_tokens - sent)
+                text = "".join(" " + words[(sent + i) %% len(words)] for i in range(n))
                 sent += n
-                time.sleep(delay_s)
-                yield [{
-                    "text_output": np.array([text.encode()], dtype=np.object_),
-                    "num_output_tokens": np.array([n], dtype=np.int32),
-                    "num_input_tokens": np.array([len(words)], dtype=np.int32),
-                }]  # fmt: skip
+                time.sleep(self.delay_s)
+                sender.send(pb_utils.InferenceResponse(output_tensors=self._outputs(text, n, len(words))))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return answers if not self.decoupled else None
+'''
 
-    return infer
+CONFIG = '''name: "%(name)s"
+backend: "python"
+max_batch_size: 0
+%(policy)sinput [
+  { name: "text_input" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "max_tokens" data_type: TYPE_INT32 dims: [ 1 ] optional: true },
+  { name: "stream" data_type: TYPE_BOOL dims: [ 1 ] optional: true },
+  { name: "sampling_parameters" data_type: TYPE_STRING dims: [ 1 ] optional: true }
+]
+output [
+  { name: "text_output" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "num_output_tokens" data_type: TYPE_INT32 dims: [ 1 ] },
+  { name: "num_input_tokens" data_type: TYPE_INT32 dims: [ 1 ] }
+]
+instance_group [ { count: %(instances)d kind: KIND_CPU } ]
+parameters { key: "tokens_per_chunk" value: { string_value: "%(per_chunk)d" } }
+parameters { key: "delay_s" value: { string_value: "%(delay)g" } }
+'''
 
 
-def whole_answer(requests):
-    out = []
-    for request in requests:
-        prompt = _scalar(request, "text_input", b"").decode()
-        n = int(_scalar(request, "max_tokens", 16))
-        words = prompt.split() or ["empty"]
-        text = "".join(" " + words[i % len(words)] for i in range(n))
-        out.append({
-            "text_output": np.array([text.encode()], dtype=np.object_),
-            "num_output_tokens": np.array([n], dtype=np.int32),
-            "num_input_tokens": np.array([len(words)], dtype=np.int32),
-        })  # fmt: skip
-    return out
+def write_repository(root: Path, delay_s: float = 0.002) -> Path:
+    """A Triton repository with ``echo``, ``echo2`` (decoupled) and ``plain`` (not decoupled)."""
+    for name, per_chunk, decoupled in (("echo", 1, True), ("echo2", 2, True), ("plain", 1, False)):
+        version = root / name / "1"
+        version.mkdir(parents=True, exist_ok=True)
+        (version / "model.py").write_text(MODEL_PY % {"context": CONTEXT_TOKENS})
+        policy = "model_transaction_policy { decoupled: true }\n" if decoupled else ""
+        (root / name / "config.pbtxt").write_text(CONFIG % {"name": name, "policy": policy, "instances": 2,
+                                                            "per_chunk": per_chunk, "delay": delay_s})  # fmt: skip
+    return root
 
 
 class TritonLLM:
-    """Triton on free loopback ports serving ``echo`` (1 token per response), ``echo2`` (2 per response)
-    and ``plain`` (not decoupled)."""
+    """The embedded Triton serving :func:`write_repository` on free loopback ports."""
 
-    def __init__(self, delay_s: float = 0.002):
-        _ld_path()
-        from pytriton.model_config import ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+    def __init__(self, root: Path, delay_s: float = 0.002):
+        from loadtest.serving.embedded import EmbeddedTriton
 
-        self.http_port = free_port()
-        self.grpc_port = free_port(exclude={self.http_port})
-        self.metrics_port = free_port(exclude={self.http_port, self.grpc_port})
-        config = TritonConfig(http_address="127.0.0.1", grpc_address="127.0.0.1", metrics_address="127.0.0.1",
-                              http_port=self.http_port, grpc_port=self.grpc_port, metrics_port=self.metrics_port,
-                              allow_cpu_metrics=True, exit_timeout_secs=5)  # fmt: skip
-        self.triton = Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[]))
-        inputs = [
-            Tensor(name="text_input", dtype=np.bytes_, shape=(1,)),
-            Tensor(name="max_tokens", dtype=np.int32, shape=(1,), optional=True),
-            Tensor(name="stream", dtype=np.bool_, shape=(1,), optional=True),
-            Tensor(name="sampling_parameters", dtype=np.bytes_, shape=(1,), optional=True),
-        ]
-        outputs = [
-            Tensor(name="text_output", dtype=np.bytes_, shape=(1,)),
-            Tensor(name="num_output_tokens", dtype=np.int32, shape=(1,)),
-            Tensor(name="num_input_tokens", dtype=np.int32, shape=(1,)),
-        ]
-        try:
-            for name, per_chunk in (("echo", 1), ("echo2", 2)):
-                self.triton.bind(model_name=name, infer_func=echo_generator(delay_s, per_chunk), inputs=inputs,
-                                 outputs=outputs, config=ModelConfig(batching=False, decoupled=True),
-                                 strict=False)  # fmt: skip
-            self.triton.bind(model_name="plain", infer_func=whole_answer, inputs=inputs, outputs=outputs,
-                             config=ModelConfig(batching=False), strict=False)  # fmt: skip
-            self.triton.run()
-        except Exception:
-            self.triton.stop()
-            raise
+        self.server = EmbeddedTriton(write_repository(root / "llm_repository", delay_s), pick_free_ports=True,
+                                     log_file=root / "triton.log")  # fmt: skip
+        self.server.start()
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return self.server.http_url
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc_port}"
+        return self.server.grpc_url
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return self.server.metrics_url
+
+    @property
+    def metrics_port(self) -> int:
+        return self.server.metrics_port
 
     def stop(self) -> None:
-        self.triton.stop()
+        self.server.stop()

@@ -78,6 +78,17 @@ def test_quick_demo_shows_the_rare_class_gap(quick_demo):
     assert "coverage gap: rare_class=True" in proc.stdout
 
 
+def test_quick_demo_reviews_fairness_across_customer_segments(quick_demo):
+    """The demo corpus carries a customer segment; the demo evaluates with it as the group column."""
+    run_dir, _ = quick_demo
+    fairness = json.loads((run_dir / "quality" / "summary.json").read_text())["fairness"]
+    assert fairness["column"] == "segment" and set(fairness["groups"]) == {"retail", "small_business", "premier"}
+    metrics = pd.read_csv(run_dir / "quality" / "metrics.csv")
+    widening = metrics[(metrics.metric == "group_gap_widening") & (metrics.model == "student")].iloc[0]
+    assert widening["value"] == pytest.approx(fairness["student_gap"] - fairness["teacher_gap"])
+    assert "Fairness across &#x27;segment&#x27; groups" in (run_dir / "report.html").read_text()
+
+
 def test_gate_on_the_demo_run(quick_demo, tmp_path):
     run_dir, _ = quick_demo
     strict = _loadtest("gate", str(run_dir), "--policy", str(ROOT / "examples" / "gate.yaml"), cwd=tmp_path, timeout=120)

@@ -76,6 +76,22 @@ def test_corpus_is_deterministic_by_seed():
     assert (a_eval["text"] != c_eval["text"]).mean() > 0.5
 
 
+def test_segment_is_a_group_column_that_leans_on_length_and_hardness(splits):
+    """The fairness review's group column: every segment well populated, drawn after the texts."""
+    eval_df, _ = splits
+    counts = eval_df["segment"].value_counts()
+    assert set(counts.index) == set(corpus_mod.SEGMENTS) and counts.min() >= 200
+    long_text = eval_df["text"].map(corpus_mod.count_pretokens) > 40
+    premier = eval_df["segment"] == "premier"
+    assert premier[long_text & ~eval_df["hard"]].mean() > 2 * premier[~long_text & ~eval_df["hard"]].mean()
+    assert (eval_df.loc[eval_df["hard"], "segment"] == "small_business").mean() > 0.4
+    # the texts are those of a corpus drawn without segments: same streams, same order
+    import random
+
+    plain = corpus_mod._draw_split("eval", 300, random.Random("demopair-eval-5"), corpus_mod.CorpusShape(), set())
+    assert [r["text"] for r in plain] == corpus_mod.generate_corpus(5, 50, 300)[0]["text"].tolist()
+
+
 def test_eval_and_train_are_disjoint(splits):
     eval_df, train_df = splits
     assert not set(eval_df["id"]) & set(train_df["id"])

@@ -118,3 +118,15 @@ def test_generation_options():
                        (dict(api="openai-chat", output_lengths="dataset"), "output-lengths")):  # fmt: skip
         with pytest.raises(LoadtestError, match=match):
             _options(**bad)
+
+
+def test_light_tokenizer_builds_the_same_prompts(tmp_path):
+    """Without transformers (the load-generator image), tokenizers alone gives the same synthetic prompts."""
+    from loadtest.generative.prompts import light_tokenizer
+
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    light = light_tokenizer(tmp_path)
+    spec = PromptSpec(None, "text", "messages", "uniform:5:9", LengthDistribution.parse("fixed:3"), 8, 2, chat=False)
+    assert [p.text for p in build_prompts(spec, light)] == [p.text for p in build_prompts(spec, tokenizer)]
+    assert [p.input_tokens for p in build_prompts(spec, light)] == [p.input_tokens for p in build_prompts(spec, tokenizer)]

@@ -1,5 +1,5 @@
 """Generative load against real servers: ``transformers serve`` (OpenAI-compatible) and a decoupled model
-on the embedded Triton over gRPC streaming and HTTP generate_stream.
+on the embedded Triton (a standard Python-backend ``model.py``) over gRPC streaming and HTTP generate_stream.
 
 Every run is a real headless ``locust`` child for a few seconds. Checks (issue #10): records reconcile
 with the server's own counts (``transformers serve``'s request log; Triton's
@@ -41,8 +41,8 @@ def openai_server(llm_models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def triton_llm():
-    server = TritonLLM()
+def triton_llm(tmp_path_factory):
+    server = TritonLLM(tmp_path_factory.mktemp("triton-llm"))
     yield server
     server.stop()
 
@@ -77,7 +77,7 @@ def test_openai_chat_streaming_reconciles_with_the_server(openai_server, llm_mod
     before = openai_server.received()
     args = _llm_args("openai-chat", teacher, student, tokenizer=teacher,
                      extra=("--teacher", teacher, "--student", student, "--warmup-requests", "1"))  # fmt: skip
-    run = _run(tmp_path, "llm.py", openai_server.url, args, users=2, run_time=5)
+    run = _run(tmp_path, "llm.py", openai_server.url, args, users=2, run_time=3)
     frame = _frame(run)
     assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
     _check_common(frame, run)
@@ -116,7 +116,7 @@ def test_openai_completions_open_loop_and_whole_answers(openai_server, llm_model
     """Open loop (TTFT/E2E from the intended time) streaming, then whole answers (no TTFT) with --no-stream."""
     teacher = str(llm_models[0])
     run = _run(tmp_path, "llm_open_loop.py", openai_server.url, _llm_args("openai-completions", teacher,
-               tokenizer=teacher), users=1, run_time=4, arrival_rate=3)  # fmt: skip
+               tokenizer=teacher), users=1, run_time=3, arrival_rate=4)  # fmt: skip
     frame = _frame(run)
     assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
     _check_common(frame, run)
@@ -124,10 +124,19 @@ def test_openai_completions_open_loop_and_whole_answers(openai_server, llm_model
     assert (frame["latency_s"] >= frame["service_time_s"] - 1e-9).all()  # from the intended send time
     assert (frame["output_tokens"] == OUT_TOKENS).all()
 
-    run = _run(tmp_path, "llm.py", openai_server.url, _llm_args("openai-completions", teacher, tokenizer=teacher,
-               extra=("--no-stream",)), users=1, run_time=3)  # fmt: skip
-    frame = _frame(run)
-    assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
+    from typer.testing import CliRunner
+
+    from loadtest.cli import app
+    from loadtest.load.records import read_records
+
+    result = CliRunner().invoke(app, ["run", "llm", "--host", openai_server.url, "--api", "openai-completions",
+                                      "--models", teacher, "--tokenizer", teacher, "--lengths", "uniform:6:20",
+                                      "--output-lengths", f"fixed:{OUT_TOKENS}", "--no-stream", "-u", "1", "-t", "2s",
+                                      "--metrics-port", "0", "--results-dir", str(tmp_path / "cli"), "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "TTFT P50" in result.output and "out tok/s" in result.output
+    (run_dir,) = (tmp_path / "cli").iterdir()
+    frame = read_records(run_dir).to_pandas()
     assert frame["ttft_s"].isna().all() and (frame["output_tokens"] == OUT_TOKENS).all()
     assert (frame["chunks"] == 1).all() and frame["success"].all()
 
@@ -138,7 +147,7 @@ def test_triton_streaming_reconciles_with_triton(triton_llm, llm_models, tmp_pat
     host = triton_llm.grpc_url if api == "triton-grpc" else triton_llm.http_url
     before = triton_success(triton_llm.metrics_url)
     run = _run(tmp_path, "llm.py", host, _llm_args(api, "echo", "echo2", tokenizer=llm_models[0]), users=2,
-               run_time=4)  # fmt: skip
+               run_time=3)  # fmt: skip
     delta = success_delta(before, triton_success(triton_llm.metrics_url))
     frame = _frame(run)
     assert run.exit_code == 0, "\n".join(run.output_tail[-30:])
@@ -228,3 +237,34 @@ def test_bad_streams_are_recorded_failures_with_the_servers_text(misbehaving_ser
     assert errors["nostream"].startswith("server did not stream") and "a b" in errors["nostream"]
     assert errors["empty"].startswith("empty completion")
     assert errors["overloaded"].startswith("HTTP 503") and "server overloaded" in errors["overloaded"]
+
+
+def test_sweep_under_a_ttft_itl_slo_finishes_with_a_bounded_interval(openai_server, llm_models, tmp_path):
+    """``loadtest sweep --api ... --slo`` on transformers serve: a passing and a failing rate bound the capacity;
+    ``loadtest plan`` sizes replicas from it."""
+    from typer.testing import CliRunner
+
+    from loadtest.cli import app
+
+    student = str(llm_models[1])
+    args = ["sweep", "--host", openai_server.url, "--api", "openai-completions", "--models", student,
+            "--tokenizer", student, "--lengths", "uniform:6:20", "--output-lengths", "fixed:16",
+            "--slo", "ttft_ms=1500,itl_ms=300", "--start", "1", "--growth", "8", "--tolerance", "0.8",
+            "--step-duration", "3", "--warmup", "1", "--min-requests", "3", "--max-steps", "5",
+            "--max-in-flight", "64", "--results-dir", str(tmp_path / "sweeps")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (sweep_dir,) = (tmp_path / "sweeps").iterdir()
+    found = json.loads((sweep_dir / "manifest.json").read_text())["sweep"]["results"][student]
+    assert found["rate_low"] is not None and found["rate_high"] is not None, found
+    assert found["rate_low"] < found["rate_high"] and found["resolution_pct"] <= 80
+    passed = [s for s in found["steps"] if s["passed"]]
+    failed = [s for s in found["steps"] if not s["passed"]]
+    assert max(s["rate"] for s in passed) == found["rate_low"] and all(s["reasons"] for s in failed)
+    assert (sweep_dir / "report.html").exists()
+    plan = CliRunner().invoke(app, ["plan", str(sweep_dir), "--peak-qps", "20"])
+    assert plan.exit_code == 0, plan.output
+    import pandas as pd
+
+    row = pd.read_csv(sweep_dir / "tables" / "plan.csv").iloc[0]
+    assert row["replicas"] >= 1 and row["qps_at_budget_per_replica"] <= found["rate_low"] + 1e-9

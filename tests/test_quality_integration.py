@@ -143,6 +143,31 @@ def test_cli_eval_into_a_run_dir_then_gate(triton_server, eval_file, tmp_path):
     assert failed.exit_code == 1 and "vip=True" in failed.output
 
 
+def test_cli_group_column_and_baseline_through_the_server(evaluated, triton_server, eval_file, tmp_path):
+    """A second evaluation of the same frozen set: fairness across 'channel', deltas against the first run, gate."""
+    app = typer.Typer()
+    commands.register(app)
+    args = ["eval", "--dataset", str(eval_file), "--host", triton_server.http_url, "--repo", str(triton_server.repository),
+            "--results", str(tmp_path), "--bootstrap-resamples", "100", "--group-column", "channel", "--baseline", str(evaluated.run_dir)]
+    result = CliRunner().invoke(app, args, terminal_width=200)
+    assert result.exit_code == 0, result.output
+    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    summary = store.read_summary(run)
+    assert summary["fairness"]["column"] == "channel" and set(summary["fairness"]["groups"]) == {"chat", "mail"}
+    deltas = pd.read_csv(run / "quality" / "baseline.csv")
+    overall = deltas[(deltas.slice == "overall") & (deltas.metric == "accuracy")].iloc[0]
+    assert overall["delta"] == 0 and overall["p_value"] == 1.0  # the same served student, the same answers
+    policy = tmp_path / "p.yaml"
+    policy.write_text("rules:\n  - metric: group_gap_widening\n    max: 1.0\nregression:\n  - metric: accuracy\n    slice: '*'\n    max_worsening: 0.0\n")
+    gate = CliRunner().invoke(app, ["gate", str(run), "--policy", str(policy)], terminal_width=200)
+    assert gate.exit_code == 0, gate.output
+    assert "baseline" in gate.output
+    other = tmp_path / "other.parquet"
+    pd.read_parquet(eval_file).iloc[::-1].to_parquet(other)  # same rows, another order: not the same frozen set
+    refused = CliRunner().invoke(app, [*args[:2], str(other), *args[3:]])
+    assert isinstance(refused.exception, LoadtestError) and "different set" in str(refused.exception)
+
+
 def test_unknown_model_and_unreachable_server_are_one_line_errors(triton_server, eval_file, tmp_path):
     from loadtest.serving.ports import free_port  # a port nobody listens on
 

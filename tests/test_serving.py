@@ -24,7 +24,7 @@ from loadtest.errors import LoadtestError
 from loadtest.repository import ModelRepository, settings_from_config
 from loadtest.serving import EmbeddedTriton, ServerPorts
 from loadtest.serving.embedded import ensure_python_libdir_on_ld_path
-from loadtest.serving.onnx_instance import _pad_and_stack
+from loadtest.serving.onnx_model import pad_and_stack, split_rows
 
 LOADTEST = str(Path(sys.executable).parent / "loadtest")
 
@@ -126,8 +126,63 @@ def test_served_logits_match_onnxruntime(triton_server):
 def test_padding_merges_requests_of_different_lengths():
     a = np.array([[1, 2, 3]], dtype=np.int64)
     b = np.array([[4, 5], [6, 7]], dtype=np.int64)
-    merged = _pad_and_stack([a, b], "int64")
-    assert merged.tolist() == [[1, 2, 3], [4, 5, 0], [6, 7, 0]]
+    merged = pad_and_stack([a, b])
+    assert merged.tolist() == [[1, 2, 3], [4, 5, 0], [6, 7, 0]] and merged.dtype == np.int64
+
+
+def test_split_rows_gives_each_request_its_rows_and_length():
+    batched = np.arange(3 * 3).reshape(3, 3)  # 3 rows, padded to length 3
+    per_row = split_rows(batched, [1, 2], lengths=None, padded=None)
+    assert [p.tolist() for p in per_row] == [[[0, 1, 2]], [[3, 4, 5], [6, 7, 8]]]
+    per_token = split_rows(batched, [1, 2], lengths=[3, 2], padded=3)  # token outputs cut back to each length
+    assert [p.tolist() for p in per_token] == [[[0, 1, 2]], [[3, 4], [6, 7]]]
+
+
+def test_served_batch_of_mixed_lengths_matches_each_alone(triton_server):
+    """Concurrent requests of different lengths batched into one padded call answer as if sent alone."""
+    client = httpclient.InferenceServerClient(triton_server.http_url.removeprefix("http://"), concurrency=8)
+    try:
+        payloads = [_arrays(triton_server.repository, "student", 1 + i % 3, 4 + 5 * i) for i in range(8)]
+        alone = [client.infer("student", _inputs(httpclient, None, "student", 0, 0, p)).as_numpy("logits") for p in payloads]
+        # Pause the server while they arrive so the batcher finds them queued together (padding path).
+        os.kill(triton_server.tritonserver_pid, signal.SIGSTOP)
+        try:
+            pending = [client.async_infer("student", _inputs(httpclient, None, "student", 0, 0, p)) for p in payloads]
+            time.sleep(0.3)
+        finally:
+            os.kill(triton_server.tritonserver_pid, signal.SIGCONT)
+        together = [r.get_result().as_numpy("logits") for r in pending]
+    finally:
+        client.close()
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_repository_load_and_unload_are_refused(triton_server, protocol):
+    """Models are fixed while the server runs: a load test cannot lose a model to an unload request."""
+    module = httpclient if protocol == "http" else grpcclient
+    url = (triton_server.http_url if protocol == "http" else triton_server.grpc_url).split("://")[1]
+    client = module.InferenceServerClient(url)
+    try:
+        with pytest.raises(Exception, match="not allowed"):
+            client.unload_model("student")
+        with pytest.raises(Exception, match="not allowed"):
+            client.load_model("student")
+        assert client.is_model_ready("student") and client.is_model_ready("teacher")
+    finally:
+        client.close()
+
+
+def test_model_that_fails_to_load_is_a_one_line_error(tmp_path, tiny_repository):
+    broken = tmp_path / "repo"
+    shutil.copytree(tiny_repository, broken)
+    (broken / "student" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    server = EmbeddedTriton(broken, ServerPorts(0, 0, 0), log_file=tmp_path / "triton.log")
+    with pytest.raises(LoadtestError, match="failed to load 'student'") as error:
+        server.start()
+    assert "\n" not in str(error.value) and "\\n" not in str(error.value)
+    assert server.tritonserver_pid is None and not server.is_alive()
 
 
 def test_busy_port_is_a_clear_error(tiny_repository):
@@ -178,7 +233,23 @@ def test_cli_serve_stops_cleanly_on_sigterm(tiny_repository, tmp_path):
     )
     try:
         output = _wait_for_line(process, "metrics http://", 120)
-        assert "READY" in output
+        assert "all 2 model(s) READY" in output
+        assert "NVML" not in output and "DCGM" not in output  # tritonserver's console goes to its log
+        # Load right after READY: no request may find a model still loading.
+        http_port = int(output.split("HTTP    http://127.0.0.1:")[1].split()[0])
+        metrics_port = int(output.split("metrics http://127.0.0.1:")[1].split("/")[0])
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}", concurrency=16)
+        try:
+            for model in ("teacher", "student"):
+                inputs = _inputs(httpclient, tiny_repository, model, 2, 12)
+                pending = [client.async_infer(model, inputs) for _ in range(40)]
+                assert all(r.get_result().as_numpy("logits").shape == (2, 4) for r in pending)
+        finally:
+            client.close()
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "nv_inference_request_failure{" not in metrics or all(
+            line.endswith(" 0") for line in metrics.splitlines() if line.startswith("nv_inference_request_failure{")
+        )
         children = [p for p in psutil.Process(process.pid).children(recursive=True) if p.name() == "tritonserver"]
         assert children, "no tritonserver child process"
         process.send_signal(signal.SIGTERM)

@@ -90,7 +90,9 @@ def analyze_generative(run_dir: Path, slo: str | None, cost_file: Path | None, i
 
 def sweep(
     host: str = typer.Option(..., "--host", help="Triton: http://HOST:8000 (HTTP) or grpc://HOST:8001 (gRPC)."),
-    budget_ms: float = typer.Option(..., "--budget-ms", help="Latency budget in ms the percentile must stay within."),
+    budget_ms: float | None = typer.Option(
+        None, "--budget-ms", help="Latency budget in ms the percentile must stay within (classifiers)."
+    ),
     percentile: float = typer.Option(95.0, "--percentile", help="Percentile judged against the budget (95 or 99)."),
     repository: Path = typer.Option(
         Path("model_repository"), "--repository", help="Local copy of the model repository (tokenizer, inputs, roles)."
@@ -101,17 +103,25 @@ def sweep(
     mode: str = typer.Option(
         "open", "--mode", help="open: fixed arrival-rate steps (req/s per model); closed: concurrency steps (users)."
     ),
-    start: float = typer.Option(10.0, "--start", help="First step's load (req/s, or users in closed mode)."),
-    growth: float = typer.Option(2.0, "--growth", help="Coarse phase: each step multiplies the load by this."),
-    max_load: float = typer.Option(5000.0, "--max-load", help="Never drive more than this load."),
-    tolerance: float = typer.Option(0.05, "--tolerance", help="Bisect until the answer is known within ±this."),
-    warmup: float = typer.Option(2.0, "--warmup", help="Seconds of each step discarded as warm-up."),
-    duration: float = typer.Option(
-        30.0, "--step-duration",
-        help="Measured seconds per step (stretched to reach --min-requests). Shorter steps are quicker but, on a busy "
-             "host, less repeatable (benchmarks/sweep_vs_bruteforce.py measures it).",
+    start: float | None = typer.Option(
+        None, "--start", help="First step's load (req/s, or users in closed mode). Default 10 (generative: 1 req/s)."
     ),
-    min_requests: int = typer.Option(200, "--min-requests", help="Successful requests a step needs after warm-up."),
+    growth: float = typer.Option(2.0, "--growth", help="Coarse phase: each step multiplies the load by this."),
+    max_load: float | None = typer.Option(
+        None, "--max-load", help="Never drive more than this load (default 5000; generative: 200 req/s)."
+    ),
+    tolerance: float | None = typer.Option(
+        None, "--tolerance", help="Bisect until the answer is known within ±this (default 0.05; generative: 0.1)."
+    ),
+    warmup: float = typer.Option(2.0, "--warmup", help="Seconds of each step discarded as warm-up."),
+    duration: float | None = typer.Option(
+        None, "--step-duration",
+        help="Measured seconds per step (stretched to reach --min-requests). Shorter steps are quicker but, on a busy "
+             "host, less repeatable (benchmarks/sweep_vs_bruteforce.py measures it). Default 30 (generative: 10).",
+    ),
+    min_requests: int | None = typer.Option(
+        None, "--min-requests", help="Successful requests a step needs after warm-up (default 200; generative: 20)."
+    ),
     max_error_rate: float = typer.Option(0.01, "--max-error-rate", help="A step with more errors fails."),
     stability_windows: int = typer.Option(3, "--stability-windows", help="Windows a step is split into for stability."),
     stability_threshold: float = typer.Option(
@@ -134,14 +144,54 @@ def sweep(
     ),
     cost_file: Path | None = typer.Option(None, "--cost-file", help=COST_FILE_HELP),
     instance: str | None = typer.Option(None, "--instance", help=INSTANCE_HELP),
+    api: str | None = typer.Option(
+        None, "--api", help="Generative sweep: openai-chat, openai-completions, triton-generate or triton-grpc."
+    ),
+    slo: str | None = typer.Option(None, "--slo", help="Generative: ttft_ms=N,itl_ms=N[,e2e_ms=N], judged at P95."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Generative: the teacher's served model name."),
+    student: str | None = typer.Option(None, "--student", help="Generative: the student's served model name."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Generative: tokenizer folder or tokenizer.json."),
+    output_lengths: str | None = typer.Option(None, "--output-lengths", help="Generative: max_tokens (fixed:N, ...)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Generative: ask for exactly max_tokens."),
+    extra_body: str | None = typer.Option(None, "--extra-body", help="Generative: JSON merged into each request."),
+    max_in_flight: int | None = typer.Option(None, "--max-in-flight", help="Open loop: most requests in flight."),
 ) -> None:
-    """Find each model's highest sustained load within a latency budget (growth, then bisection to ±5 %)."""
+    """Find each model's highest sustained load within a latency budget (growth, then bisection to ±5 %).
+
+    With --api: each model's highest arrival rate whose P95 TTFT and P95 ITL meet --slo.
+    """
     from loadtest.analysis.analyze import analyze_run
     from loadtest.analysis.capacity import StepRules
     from loadtest.analysis.sweep import SweepSettings, SweepTarget, run_sweep
     from loadtest.analysis.terminal import render_terminal
     from loadtest.errors import LoadtestError
 
+    if api:
+        from loadtest.analysis.generative_sweep import GenerativeSweepSettings
+
+        load_args = ["--api", api]
+        for flag, value in (("--tokenizer", tokenizer), ("--output-lengths", output_lengths), ("--lengths", lengths),
+                            ("--dataset", dataset), ("--extra-body", extra_body)):  # fmt: skip
+            if value is not None:
+                load_args += [flag, str(value)]
+        if ignore_eos:
+            load_args.append("--ignore-eos")
+        g_settings = GenerativeSweepSettings(
+            slo=_generative_slo(slo), start=1.0 if start is None else start, growth=growth,
+            max_rate=200.0 if max_load is None else max_load, tolerance=0.1 if tolerance is None else tolerance,
+            max_steps=max_steps, warmup_s=warmup, duration_s=10.0 if duration is None else duration,
+            min_requests=20 if min_requests is None else min_requests, max_error_rate=max_error_rate, arrival=arrival,
+        )  # fmt: skip
+        sweep_generative(host, g_settings, models, teacher, student, load_args, max_in_flight, results_dir, cost_file,
+                         instance, {"api": api, "output_lengths": output_lengths, "ignore_eos": ignore_eos})
+        return
+    if budget_ms is None:
+        raise LoadtestError("--budget-ms is required (or --api and --slo for a generative sweep)")
+    start = 10.0 if start is None else start
+    max_load = 5000.0 if max_load is None else max_load
+    tolerance = 0.05 if tolerance is None else tolerance
+    duration = 30.0 if duration is None else duration
+    min_requests = 200 if min_requests is None else min_requests
     if mode not in ("open", "closed"):
         raise LoadtestError(f"--mode must be open or closed, got '{mode}'")
     from loadtest.load.settings import parse_endpoint
@@ -192,6 +242,39 @@ def sweep(
     render_terminal(result, console)
 
 
+def _generative_slo(text: str | None):
+    from loadtest.analysis.generative import SLO
+    from loadtest.errors import LoadtestError
+
+    objective = SLO.parse(text)
+    if objective is None:
+        raise LoadtestError("a generative sweep needs --slo ttft_ms=N,itl_ms=N[,e2e_ms=N]")
+    return objective
+
+
+def sweep_generative(host, settings, models, teacher, student, load_args, max_in_flight, results_dir, cost_file,
+                     instance, generation) -> None:  # fmt: skip
+    """Run the generative SLO sweep, then analyze its directory like any generative run."""
+    from loadtest.analysis import generative, generative_report
+    from loadtest.analysis.generative_sweep import GenerativeTarget, run_generative_sweep
+    from loadtest.errors import LoadtestError
+
+    names = [m.strip() for m in (models or "").split(",") if m.strip()] or [n for n in (teacher, student) if n]
+    if not names:
+        raise LoadtestError("name the served models: --models NAME[,NAME] or --teacher/--student")
+    settings.validate()
+    console = output_console()
+    console.print(f"sweeping {', '.join(names)} for {settings.slo.describe()} at P95: from {settings.start:g} req/s, "
+                  f"×{settings.growth:g} then bisection to ±{settings.tolerance:.0%}")  # fmt: skip
+    target = GenerativeTarget(host, tuple(load_args), max_in_flight)
+    outcome = run_generative_sweep(target, settings, list(dict.fromkeys(names)),
+                                   {"teacher": teacher, "student": student}, generation, results_dir=results_dir,
+                                   console=console)  # fmt: skip
+    result = generative.compute(outcome.run_dir, settings.slo, cost_file=cost_file, instance=instance)
+    tables, report = generative_report.write_outputs(result)
+    generative_report.render_terminal(result, console, tables, report)
+
+
 def _models(repository: Path, models: str | None) -> tuple[list[str], dict[str, str | None]]:
     """Model names to sweep and who is teacher/student (from the repository's loadtest.json)."""
 
@@ -220,6 +303,9 @@ def plan(
     headroom: float = typer.Option(1.3, "--headroom", help="Capacity factor over peak (1.3 = 30 % spare)."),
     cost_file: Path | None = typer.Option(None, "--cost-file", help=COST_FILE_HELP),
     instance: str | None = typer.Option(None, "--instance", help=INSTANCE_HELP),
+    slo: str | None = typer.Option(
+        None, "--slo", help="Generative runs: the SLO capacity is judged against (default: the sweep's)."
+    ),
 ) -> None:
     """Replicas and monthly cost for teacher and student at a peak load: the capacity plan in one table."""
     from rich.table import Table
@@ -234,6 +320,11 @@ def plan(
     bounds.check_number("--headroom", headroom, 1, 100, fix="1.3 keeps 30 % spare capacity")
     _check_budget(budget_ms, percentile)
     console = output_console()
+    from loadtest.analysis.generative import is_generative_run
+
+    if is_generative_run(run_dir):
+        plan_generative(run_dir, peak_qps, headroom, slo, cost_file, instance, console)
+        return
     with console.status(f"reading capacity from {run_dir}"):
         analysis = compute(run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance)
     rows = make_plan(analysis, peak_qps, headroom)
@@ -260,3 +351,36 @@ def plan(
     if line:
         console.print(line)
     console.print(f"table: {folder / 'plan.csv'}", style="dim")
+
+
+def plan_generative(run_dir: Path, peak_qps: float, headroom: float, slo: str | None, cost_file, instance,
+                    console) -> None:  # fmt: skip
+    """Replicas for a generative run from each model's capacity under the SLO."""
+    from rich.table import Table
+
+    from loadtest.analysis import fmt, generative
+    from loadtest.analysis.generative_sweep import plan_rows
+    from loadtest.analysis.plan import plan_frame, saving_line
+    from loadtest.analysis.records import read_manifest
+
+    objective = generative.SLO.parse(slo)
+    if objective is None:
+        stored = (read_manifest(run_dir).get("sweep") or {}).get("slo")
+        objective = generative.SLO(**stored) if stored else None
+    with console.status(f"reading capacity from {run_dir}"):
+        analysis = generative.compute(run_dir, objective, cost_file=cost_file, instance=instance, resamples=200)
+    rows = plan_rows(analysis, peak_qps, headroom, cost_file)
+    folder = analysis.run_dir / "tables"
+    folder.mkdir(exist_ok=True)
+    plan_frame(rows).to_csv(folder / "plan.csv", index=False)
+    table = Table(title=f"Capacity plan: {peak_qps:g} req/s peak × {headroom:g} headroom under "
+                        f"{objective.describe()} at P95", title_justify="left", header_style="bold cyan")  # fmt: skip
+    for name in ("model", "role", "req/s per replica", "replicas", "instance", "monthly", "note"):
+        table.add_column(name, justify="left" if name in ("model", "role", "instance", "note") else "right")
+    for r in rows:
+        table.add_row(r.model, r.role, fmt.num(r.qps_at_budget_per_replica), str(r.replicas or "—"), r.instance,
+                      fmt.usd(r.monthly_usd) if r.monthly_usd is not None else "—", r.note)  # fmt: skip
+    console.print(table)
+    line = saving_line(rows)
+    if line:
+        console.print(line)

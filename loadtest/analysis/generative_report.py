@@ -267,11 +267,28 @@ def summary_markdown(a: GenerativeAnalysis) -> str:
 
 def render_terminal(a: GenerativeAnalysis, console, tables: str, report: str) -> None:
     from rich.panel import Panel
-    from rich.table import Table
 
     console.print(Panel(verdict(a), title=f"[bold]{a.manifest.get('run_id', a.run_dir.name)}[/]: generative",
                         border_style="cyan"))  # fmt: skip
-    table = Table(title="per model (whole run after warm-up)" + (f" — SLO {a.slo.describe()}" if a.slo else ""),
+    print_figures(a, console)
+    for model, c in a.costs.items():
+        console.print(f"{model}: {_value('', 'USD', c.cost_per_1m_output_tokens_usd or math.nan)} per 1M output tokens, "
+                      f"{_value('', 'USD', c.cost_per_1m_total_tokens_usd or math.nan)} per 1M total tokens on "
+                      f"{c.instance} ({c.basis}); energy/output token: "
+                      f"{_value('', 'J', c.energy_per_output_token_j or math.nan)} ({c.energy_method})", style="dim")  # fmt: skip
+    for s in a.significance:
+        if s["percentile"] == 95.0:
+            console.print(f"P95 {s['metric'].upper()} student − teacher: {s['difference_ms']:+.2f} ms "
+                          f"[{s['ci_low_ms']:+.2f}, {s['ci_high_ms']:+.2f}] → {s['verdict']}", style="dim")
+    console.print(f"tables: {tables}   report: {report}")
+
+
+def print_figures(a: GenerativeAnalysis, console) -> None:
+    """The per-model table (whole run after warm-up): requests, tokens/s, TTFT/ITL/E2E percentiles, goodput."""
+    from rich.table import Table
+
+    slo = f" — SLO {a.slo.describe()}" if a.slo else ""
+    table = Table(title=f"per model (whole run after warm-up; TTFT, ITL, E2E in ms){slo}",
                   title_justify="left", header_style="bold cyan")  # fmt: skip
     cols = [("model", "model"), ("requests", "requests"), ("req/s", "requests_per_s"),
             ("out tok/s", "output_tokens_per_s"), ("TTFT P50", "ttft_p50_ms"), ("TTFT P95", "ttft_p95_ms"),
@@ -283,16 +300,6 @@ def render_terminal(a: GenerativeAnalysis, console, tables: str, report: str) ->
         table.add_column(name, justify="left" if name == "model" else "right")
     frame = summary_frame(a)
     for _, row in frame[frame["stage"] == ALL].iterrows():
-        table.add_row(*(str(row[c]) if c == "model" else (f"{row[c]:.1%}" if c == "slo_attainment" else fmt.num(row[c]))
-                        for _, c in cols))  # fmt: skip
+        table.add_row(*(str(row[c]) if c == "model" else f"{row[c]:.1%}" if c == "slo_attainment"
+                        else f"{row[c]:,.0f}" if c == "requests" else fmt.num(row[c]) for _, c in cols))  # fmt: skip
     console.print(table)
-    for model, c in a.costs.items():
-        console.print(f"{model}: {_value('', 'USD', c.cost_per_1m_output_tokens_usd or math.nan)} per 1M output tokens, "
-                      f"{_value('', 'USD', c.cost_per_1m_total_tokens_usd or math.nan)} per 1M total tokens on "
-                      f"{c.instance} ({c.basis}); energy/output token: "
-                      f"{_value('', 'J', c.energy_per_output_token_j or math.nan)} ({c.energy_method})", style="dim")  # fmt: skip
-    for s in a.significance:
-        if s["percentile"] == 95.0:
-            console.print(f"P95 {s['metric'].upper()} student − teacher: {s['difference_ms']:+.2f} ms "
-                          f"[{s['ci_low_ms']:+.2f}, {s['ci_high_ms']:+.2f}] → {s['verdict']}", style="dim")
-    console.print(f"tables: {tables}   report: {report}")

@@ -14,6 +14,11 @@ effects a distillation review must catch, so the quality report has something tr
   This conjunction is the last thing a model learns: a student with less capacity and fewer steps gets the
   single cues right but the rare intent wrong more often than its teacher, so the rare slice drops more than
   the aggregate (measured figures in the build's pair.json).
+- a ``segment`` column (the customer segment: ``retail``, ``small_business``, ``premier``), the group column of
+  the fairness review (``loadtest eval --group-column segment``). It is drawn from its own random stream after
+  the texts (the texts do not depend on it, and no model sees it) but, as a segment's writing habits would,
+  it leans on the text: premier customers write long messages and small businesses more of the hard,
+  two-intent ones, so a student weaker on long and hard texts is weaker on those segments too.
 
 The evaluation split is drawn from its own random stream with its own ids; a train text that equals an
 evaluation text is redrawn unless it is very short (terse requests such as "Card lost." recur in real logs too),
@@ -67,7 +72,11 @@ MIN_TOKENS = 5
 MAX_TOKENS = 200
 SPECIAL_TOKENS_PER_TEXT = 2  # [CLS] ... [SEP]
 
-COLUMNS = ("id", "text", "label", "label_id", "length_bucket", "rare_class", "hard", "n_tokens")
+COLUMNS = ("id", "text", "label", "label_id", "length_bucket", "rare_class", "hard", "segment", "n_tokens")
+SEGMENTS: tuple[str, ...] = ("retail", "small_business", "premier")
+_LONG_PRETOKENS = 40  # a "long" message for the segment draw
+# segment weights (retail, small_business, premier) by kind of message
+_SEGMENT_WEIGHTS = {"hard": (0.3, 0.5, 0.2), "long": (0.25, 0.2, 0.55), "other": (0.65, 0.2, 0.15)}
 
 # ---------------------------------------------------------------------------------------------------------
 # Vocabulary of the slots.
@@ -473,7 +482,16 @@ def generate_corpus(
     eval_rows = _draw_split("eval", n_eval, random.Random(f"demopair-eval-{seed}"), shape, set())
     eval_texts = {r["text"] for r in eval_rows}
     train_rows = _draw_split("train", n_train, random.Random(f"demopair-train-{seed}"), shape, eval_texts)
+    _assign_segments(eval_rows, random.Random(f"demopair-segment-eval-{seed}"))
+    _assign_segments(train_rows, random.Random(f"demopair-segment-train-{seed}"))
     return pd.DataFrame(eval_rows), pd.DataFrame(train_rows)
+
+
+def _assign_segments(rows: list[dict], rng: random.Random) -> None:
+    """The customer segment of each row, from its own stream (texts already drawn stay unchanged)."""
+    for row in rows:
+        kind = "hard" if row["hard"] else "long" if count_pretokens(row["text"]) > _LONG_PRETOKENS else "other"
+        row["segment"] = rng.choices(SEGMENTS, weights=_SEGMENT_WEIGHTS[kind])[0]
 
 
 def annotate_lengths(df: pd.DataFrame, count_tokens: Callable[[list[str]], list[int]]) -> pd.DataFrame:
@@ -482,7 +500,7 @@ def annotate_lengths(df: pd.DataFrame, count_tokens: Callable[[list[str]], list[
     out["n_tokens"] = count_tokens(out["text"].tolist())
     out["length_bucket"] = [length_bucket(int(n)) for n in out["n_tokens"]]
     out = out.astype({"id": "str", "text": "str", "label": "str", "label_id": "int64", "length_bucket": "str",
-                      "rare_class": "bool", "hard": "bool", "n_tokens": "int64"})
+                      "rare_class": "bool", "hard": "bool", "segment": "str", "n_tokens": "int64"})
     return out[list(COLUMNS)].reset_index(drop=True)
 
 
@@ -493,7 +511,8 @@ def write_split(df: pd.DataFrame, path: Path) -> None:
 
     schema = pa.schema([
         ("id", pa.string()), ("text", pa.string()), ("label", pa.string()), ("label_id", pa.int64()),
-        ("length_bucket", pa.string()), ("rare_class", pa.bool_()), ("hard", pa.bool_()), ("n_tokens", pa.int64()),
+        ("length_bucket", pa.string()), ("rare_class", pa.bool_()), ("hard", pa.bool_()), ("segment", pa.string()),
+        ("n_tokens", pa.int64()),
     ])
     table = pa.Table.from_pandas(df[list(COLUMNS)], schema=schema, preserve_index=False)
     pq.write_table(table, path)

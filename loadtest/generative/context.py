@@ -9,9 +9,6 @@ Never imports Locust or gevent.
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from loadtest.errors import LoadtestError
@@ -34,6 +31,23 @@ class LLMEndpoint:
     def protocol(self) -> str:
         return self.api
 
+    # the classifier Endpoint's attributes, so code written for either endpoint reads both
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def ssl(self) -> bool:
+        return self.server.ssl
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
     @property
     def base_url(self) -> str:
         scheme = "https" if self.server.ssl else "http"
@@ -52,6 +66,7 @@ class GenerativeContext:
     student: str | None
     counter: TokenCounter | None
     extra: dict
+    served: tuple = ()  # Triton APIs: ServerModel per model, as the pre-flight found them
 
     generative = True
 
@@ -69,48 +84,28 @@ def model_names(options: LoadOptions, generation: GenerationOptions) -> list[str
     return list(dict.fromkeys(names))
 
 
-def triton_model_config(endpoint: LLMEndpoint, model: str, timeout_s: float = CONFIG_TIMEOUT_S) -> dict:
-    """A model's configuration as JSON, over the API's own protocol (raises LoadtestError in one line)."""
-    where = f"{endpoint.server.host}:{endpoint.server.port}"
-    if endpoint.api == TRITON_GRPC:
-        import tritonclient.grpc as grpcclient
-        from tritonclient.utils import InferenceServerException
+def check_triton_models(endpoint: LLMEndpoint, models: list[str], options: LoadOptions, stream: bool) -> tuple:
+    """Pre-flight (reachable, protocol, every model READY) and the generative contract, before the test.
 
-        client = grpcclient.InferenceServerClient(endpoint.server.address, ssl=endpoint.server.ssl)
-        try:
-            return client.get_model_config(model, as_json=True, client_timeout=timeout_s).get("config", {})
-        except InferenceServerException as exc:
-            raise LoadtestError(f"model '{model}' at {where} (gRPC): {exc.message() or exc}") from None
-        finally:
-            client.close()
-    url = f"{endpoint.base_url}/v2/models/{model}/config"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return json.loads(response.read().decode("utf-8", errors="replace"))
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode("utf-8", errors="replace").strip()[:300]
-        raise LoadtestError(f"model '{model}' at {where}: HTTP {exc.code} {text}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise LoadtestError(f"cannot read model '{model}' config from {url}: {reason}") from None
+    Streaming from Triton needs decoupled models: one that is not is named here, in one line.
+    """
+    from loadtest.load.preflight import check_server
 
-
-def check_triton_models(endpoint: LLMEndpoint, models: list[str], stream: bool) -> None:
-    """Streaming from Triton needs decoupled models: say which one is not, before the test."""
-    for model in models:
-        config = triton_model_config(endpoint, model)
-        decoupled = bool((config.get("model_transaction_policy") or {}).get("decoupled", False))
-        if stream and not decoupled:
+    checked = check_server(endpoint.server, models, version=options.model_version, wait_ready_s=options.wait_ready,
+                           timeout_s=min(options.request_timeout, CONFIG_TIMEOUT_S))  # fmt: skip
+    for model in checked.models:
+        if stream and not model.decoupled:
             raise LoadtestError(
-                f"model '{model}' is not decoupled: Triton streams tokens only from a decoupled model "
-                "(model_transaction_policy {{ decoupled: true }}); use --no-stream to measure whole answers"
+                f"model '{model.name}' is not decoupled: Triton streams tokens only from a decoupled model "
+                "(model_transaction_policy { decoupled: true }); use --no-stream to measure whole answers"
             )
-        names = {t.get("name") for t in config.get("input", [])}
-        if "text_input" not in names:
+        if model.input("text_input") is None:
+            names = ", ".join(t.name for t in model.inputs) or "none"
             raise LoadtestError(
-                f"model '{model}' has no text_input input (inputs: {', '.join(sorted(map(str, names))) or 'none'}):"
-                " it does not follow the generative model contract (text_input -> text_output)"
+                f"model '{model.name}' has no text_input input (inputs: {names}): it does not follow the "
+                "generative model contract (text_input -> text_output)"
             )
+    return tuple(checked.models)
 
 
 def build_generative_context(options: LoadOptions, generation: GenerationOptions, host: str | None,
@@ -135,9 +130,10 @@ def build_generative_context(options: LoadOptions, generation: GenerationOptions
         seed=options.seed,
         chat=generation.api == OPENAI_CHAT,
     )
-    prompts = build_prompts(spec, tokenizer)
+    served: tuple = ()
     if check_server and generation.api in (TRITON_GENERATE, TRITON_GRPC):
-        check_triton_models(endpoint, models, generation.stream)
+        served = check_triton_models(endpoint, models, options, generation.stream)
+    prompts = build_prompts(spec, tokenizer)
     return GenerativeContext(
         options=options,
         generation=generation,
@@ -149,4 +145,5 @@ def build_generative_context(options: LoadOptions, generation: GenerationOptions
         student=generation.student or None,
         counter=TokenCounter(tokenizer) if tokenizer is not None else None,
         extra=generation.extra(),
+        served=served,
     )

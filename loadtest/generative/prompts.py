@@ -56,10 +56,18 @@ class TokenCounter:
 
 
 def load_tokenizer(path: str):
-    """A tokenizer from a folder (``save_pretrained``) or a ``tokenizer.json``; never downloads."""
+    """A tokenizer from a folder (``save_pretrained``) or a ``tokenizer.json``; never downloads.
+
+    With transformers installed, its tokenizer (chat templates included); in the light install (the
+    load-generator image has no transformers), ``tokenizers`` alone, for text prompts and token counts.
+    """
     source = Path(path)
     if not source.exists():
         raise LoadtestError(f"--tokenizer {path} does not exist (a tokenizer folder or tokenizer.json)")
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return light_tokenizer(source)
     try:
         if source.is_dir():
             from transformers import AutoTokenizer
@@ -71,6 +79,38 @@ def load_tokenizer(path: str):
     except Exception as exc:  # a broken tokenizer is the user's to fix
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LoadtestError(f"--tokenizer {path} could not be loaded: {first}") from None
+
+
+class _LightTokenizer:
+    """``loadtest.tokenizer.FastTokenizer`` with the two calls prompts need besides encoding: decode, no chat template."""
+
+    chat_template = None
+
+    def __init__(self, fast) -> None:
+        self.fast = fast
+
+    def __call__(self, text, add_special_tokens: bool = True):
+        return self.fast(text, add_special_tokens=add_special_tokens, return_token_type_ids=False)
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.fast.get_vocab()
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return self.fast.all_special_ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self.fast._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+def light_tokenizer(source: Path):
+    from loadtest.tokenizer import FastTokenizer
+
+    try:
+        return _LightTokenizer(FastTokenizer.from_path(source))
+    except Exception as exc:  # a broken tokenizer is the user's to fix
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LoadtestError(f"--tokenizer {source} could not be loaded: {first}") from None
 
 
 def _messages(value, path: Path) -> tuple[dict, ...]:

@@ -82,6 +82,18 @@ def run(
         None, "--triton-metrics-url", help="Triton /metrics to snapshot (default: the host's port 8002)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not echo Locust's output."),
+    api: str | None = typer.Option(
+        None, "--api", help="LLM load: openai-chat, openai-completions, triton-generate or triton-grpc "
+        "(scenarios llm or llm_open_loop; TTFT, ITL, output tokens per request)."
+    ),
+    teacher: str | None = typer.Option(None, "--teacher", help="LLM load: the teacher's served model name."),
+    student: str | None = typer.Option(None, "--student", help="LLM load: the student's served model name."),
+    output_lengths: str | None = typer.Option(
+        None, "--output-lengths", help="LLM load: max_tokens per request (fixed:N, uniform:MIN:MAX, lognormal:M:S)."
+    ),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="LLM load: ask for exactly max_tokens."),
+    no_stream: bool = typer.Option(False, "--no-stream", help="LLM load: whole answers (no TTFT/ITL)."),
+    extra_body: str | None = typer.Option(None, "--extra-body", help="LLM load: JSON merged into each request."),
 ) -> None:
     """Run a Locust scenario headless against Triton; print the run directory and per-model latency."""
     from rich import box
@@ -107,9 +119,19 @@ def run(
         input_data=str(input_data) if input_data else None, int_range=int_range,
         payload_pool=64,
     )  # fmt: skip
-    context = preflight(host, values, console, str(tokenizer) if tokenizer else "")
-    ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in context.served)
-    console.print(f"pre-flight: {redact_url(host)} live, models READY: {ready}", highlight=False, soft_wrap=True)
+    llm_args: list[str] = []
+    if api:  # the generative pre-flight runs in Locust (Triton APIs: READY and decoupled; prompts built)
+        llm_args = ["--api", api]
+        for flag, value in (("--teacher", teacher), ("--student", student), ("--output-lengths", output_lengths),
+                            ("--extra-body", extra_body)):  # fmt: skip
+            if value:
+                llm_args += [flag, value]
+        llm_args += ["--ignore-eos"] if ignore_eos else []
+        llm_args += ["--no-stream"] if no_stream else []
+    else:
+        context = preflight(host, values, console, str(tokenizer) if tokenizer else "")
+        ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in context.served)
+        console.print(f"pre-flight: {redact_url(host)} live, models READY: {ready}", highlight=False, soft_wrap=True)
     with console.status(f"running {scenario} against {redact_url(host)} for {run_time}"):
         result = run_locust(
             scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
@@ -117,14 +139,23 @@ def run(
             lengths=lengths, batch_size=batch_size, results_dir=results_dir, processes=processes,
             metrics_port=metrics_port, triton_metrics_url=triton_metrics_url, on_output=echo,
             model_version=model_version, wait_ready=wait_ready or None, input_shape=input_shape, input_data=input_data,
-            int_range=int_range, tokenizer=tokenizer,
-            extra_args=["--metrics-address", metrics_address], return_on_signal=True,
+            int_range=int_range, tokenizer=tokenizer, extra_args=[*llm_args, "--metrics-address", metrics_address],
+            return_on_signal=True,
         )  # fmt: skip
     if result.signalled:
         import signal
 
         console.print(f"[yellow]{signal.Signals(result.signalled).name}: the load was stopped and the run finalised[/]")
     result.check()
+    if api:
+        from loadtest.analysis.generative import compute
+        from loadtest.analysis.generative_report import print_figures
+
+        print_figures(compute(result.run_dir, None, resamples=200), console)
+        console.print(f"run directory: [bold]{result.run_dir}[/]  (loadtest analyze RUN --slo ttft_ms=N,itl_ms=N)")
+        if result.exit_code != 0:
+            raise typer.Exit(result.exit_code)
+        return
     summaries = result.summary()
     table = Table(box=box.SIMPLE_HEAD, caption="latency percentiles: numpy 'linear' over every raw record")
     columns = ("model", "requests", "failures", "late", "req/s", "tokens/s", "p50 ms", "p95 ms", "p99 ms", "max ms")

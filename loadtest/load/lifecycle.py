@@ -108,7 +108,8 @@ def prepared_requests(protocol: str) -> dict:
             STATE.prepared[protocol] = prepare_requests(context)
             return STATE.prepared[protocol]
         STATE.prepared[protocol] = {
-            spec.name: [prepare_request(protocol, spec, payload) for payload in context.payloads_for(spec.name)]
+            spec.name: [prepare_request(protocol, spec, payload, context.options.model_version)
+                        for payload in context.payloads_for(spec.name)]
             for spec in context.models
         }
     return STATE.prepared[protocol]

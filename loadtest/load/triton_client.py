@@ -68,6 +68,7 @@ class PreparedRequest:
     tokens: int
     output_name: str | None
     wire: tuple = ()
+    model_version: str = ""  # "" = the server's version policy
 
 
 def _modules(protocol: str):
@@ -78,7 +79,7 @@ def _modules(protocol: str):
     return module
 
 
-def prepare_request(protocol: str, spec: ModelSpec, payload: Payload) -> PreparedRequest:
+def prepare_request(protocol: str, spec: ModelSpec, payload: Payload, model_version: str = "") -> PreparedRequest:
     """Build ``InferInput``s for one model and payload (binary tensors; read-only afterwards, so shareable)."""
     from tritonclient.utils import np_to_triton_dtype
 
@@ -98,15 +99,15 @@ def prepare_request(protocol: str, spec: ModelSpec, payload: Payload) -> Prepare
     # Rows are checked against the batch only where the model has a batch dimension.
     checked_output = spec.outputs[0] if spec.outputs and spec.max_batch_size > 0 else None
     return PreparedRequest(spec.name, inputs, outputs, payload.batch_size, payload.tokens, checked_output,
-                           _wire(protocol, spec.name, inputs, outputs))
+                           _wire(protocol, spec.name, inputs, outputs, model_version), model_version)
 
 
-def _wire(protocol: str, model: str, inputs: list, outputs: list) -> tuple:
+def _wire(protocol: str, model: str, inputs: list, outputs: list, model_version: str = "") -> tuple:
     """The serialised request, built by tritonclient's own request builders (so the bytes are identical)."""
     if protocol == "grpc":
         from tritonclient.grpc._utils import _get_inference_request
 
-        return (_get_inference_request(model_name=model, inputs=inputs, model_version="", request_id="",
+        return (_get_inference_request(model_name=model, inputs=inputs, model_version=model_version, request_id="",
                                        outputs=outputs, sequence_id=0, sequence_start=False, sequence_end=False,
                                        priority=0, timeout=None, parameters=None),)  # fmt: skip
     from urllib.parse import quote
@@ -117,7 +118,12 @@ def _wire(protocol: str, model: str, inputs: list, outputs: list) -> tuple:
                                              sequence_start=False, sequence_end=False, priority=0, timeout=None,
                                              custom_parameters=None)  # fmt: skip
     headers = {"Inference-Header-Content-Length": json_size} if json_size is not None else {}
-    return f"v2/models/{quote(model)}/infer", body, headers
+    version = f"/versions/{quote(model_version)}" if model_version else ""
+    return f"v2/models/{quote(model)}{version}/infer", body, headers
+
+
+def _already_closed() -> None:
+    """Stands in for a closed tritonclient's ``close`` (see ``TritonClient.close``)."""
 
 
 def _error_text(exc: BaseException) -> str:
@@ -208,10 +214,11 @@ class TritonClient:
         """tritonclient's ``infer``: for requests prepared without their wire bytes."""
         if self.protocol == "grpc":
             return self._client.infer(
-                request.model, request.inputs, outputs=request.outputs, client_timeout=self.timeout_s,
-                headers=self.headers,
+                request.model, request.inputs, model_version=request.model_version, outputs=request.outputs,
+                client_timeout=self.timeout_s, headers=self.headers,
             )  # fmt: skip
-        return self._client.infer(request.model, request.inputs, outputs=request.outputs, headers=self.headers)
+        return self._client.infer(request.model, request.inputs, model_version=request.model_version,
+                                  outputs=request.outputs, headers=self.headers)  # fmt: skip
 
     def send(
         self, request: PreparedRequest, stage: str, loop: str = "closed", intended: float | None = None,
@@ -309,3 +316,7 @@ class TritonClient:
             self._client.close()
         except Exception:  # closing a broken connection must not mask the test's outcome
             pass
+        # tritonclient's __del__ closes the client again when it is collected, at interpreter exit for the
+        # last ones; a second gevent-patched gRPC channel close there was seen to block the exiting load
+        # generator forever. Closed once is enough.
+        self._client.close = _already_closed

@@ -69,6 +69,47 @@ class Panel:
 
 BUDGET = Query(f"vector($budget / 1000)", "latency budget ($budget ms)")
 
+
+def _histogram_quantile(q: float, metric: str) -> str:
+    return f"histogram_quantile({q}, sum by (le, model) (rate({metric}_bucket{{{M}}}[{RI}])))"
+
+
+# Generative (LLM) runs: the streaming users' TTFT/ITL histograms and output-token counter.
+GENERATIVE = [
+    Panel(
+        "Time to first token P50 / P95",
+        "Generative runs: time to the first chunk carrying output text (open loop: from the intended send "
+        "time), from the client histogram (5 ms - 60 s buckets); the budget ($budget ms) as the TTFT SLO line.",
+        "s",
+        (
+            Query(_histogram_quantile(0.5, "loadtest_time_to_first_token_seconds"), "TTFT P50 {{model}}"),
+            Query(_histogram_quantile(0.95, "loadtest_time_to_first_token_seconds"), "TTFT P95 {{model}}"),
+            BUDGET,
+        ),
+        budget_line=True,
+    ),
+    Panel(
+        "Inter-token latency P50 / P95",
+        "Generative runs: (E2E - TTFT) / (output tokens - 1) per request, from the client histogram "
+        "(0.5 ms - 2 s buckets); 1 / ITL is the tokens/s one user sees.",
+        "s",
+        (
+            Query(_histogram_quantile(0.5, "loadtest_inter_token_latency_seconds"), "ITL P50 {{model}}"),
+            Query(_histogram_quantile(0.95, "loadtest_inter_token_latency_seconds"), "ITL P95 {{model}}"),
+        ),
+    ),
+    Panel(
+        "Output tokens/s",
+        "Generative runs: output tokens of successful requests per second (the server's usage counts where "
+        "it sends them, never chunks), with successful requests/s.",
+        "short",
+        (
+            Query(_rate("loadtest_output_tokens_total"), "output tokens/s {{model}}"),
+            Query(_rate("loadtest_requests_total", SUCCESS), "requests/s {{model}}"),
+        ),
+    ),
+]
+
 AT_A_GLANCE: tuple[Panel, ...] = (
     Panel(
         "Achieved QPS (range)",
@@ -419,6 +460,11 @@ def teacher_vs_student(default_budget_ms: int = DEFAULT_BUDGET_MS) -> dict:
     y += 5
     add_row("Per model, side by side ($model)")
     for panel in PER_MODEL:
+        panels.append(_panel_json(panel, next_id, 0, y, 12, 8))
+        next_id += 1
+        y += 8
+    add_row("Generative serving: LLM runs (--api) ($model)")
+    for panel in GENERATIVE:
         panels.append(_panel_json(panel, next_id, 0, y, 12, 8))
         next_id += 1
         y += 8

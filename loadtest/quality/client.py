@@ -28,11 +28,12 @@ class ServedModel:
     inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype)
     output: str
     max_batch_size: int  # 0: the model takes no batch dimension of its own, one example per request
+    feed: str = "tokens"  # tokens (input_ids, ...), text (one BYTES input), tensors (the set's input columns)
 
     @property
     def takes_text(self) -> bool:
         """One BYTES input: the model tokenises inside Triton (e.g. a ``--with-tokenizer`` ensemble)."""
-        return len(self.inputs) == 1 and self.inputs[0][1] == "object"
+        return self.feed == "text"
 
 
 def describe_model(repository, name: str) -> ServedModel:
@@ -56,23 +57,23 @@ def describe_model(repository, name: str) -> ServedModel:
 def served_model(model) -> ServedModel:
     """A classifier as the *server* describes it (``loadtest.load.server_models.ServerModel``).
 
-    Accepted: token inputs (``input_ids`` plus optional ``attention_mask``/``token_type_ids``, integers),
-    or a single BYTES input taking the text itself (a model that tokenises inside Triton, such as a
-    ``--with-tokenizer`` ensemble). The output read is ``logits``, else the only floating-point output.
+    Fed as: ``text`` (a single BYTES input taking the text itself: a model that tokenises inside Triton,
+    such as a ``--with-tokenizer`` ensemble), ``tokens`` (``input_ids`` plus optional ``attention_mask``/
+    ``token_type_ids``), or ``tensors`` (anything else: the evaluation set holds one column per input, in
+    the model's format). The output read is ``logits``, else the only floating-point output.
     """
     required = [t for t in model.inputs if not t.optional]
     text_inputs = [t for t in required if t.datatype == "BYTES"]
+    tokens = bool(required) and all(t.name in KNOWN_INPUTS and t.datatype != "BYTES" for t in required)
     if text_inputs and len(required) == 1:
-        inputs = ((text_inputs[0].name, "object"),)
+        feed, inputs = "text", ((text_inputs[0].name, "object"),)
+    elif tokens and any(t.name == "input_ids" for t in required):
+        feed, inputs = "tokens", tuple((t.name, t.numpy_dtype) for t in model.inputs if t.name in KNOWN_INPUTS)
     else:
-        unknown = [t.name for t in required if t.name not in KNOWN_INPUTS or t.datatype == "BYTES"]
-        if unknown or not any(t.name == "input_ids" for t in required):
-            found = ", ".join(f"{t.name} {t.datatype} {list(t.dims)}" for t in model.inputs)
-            raise LoadtestError(
-                f"model '{model.name}' takes {found}: loadtest eval sends text (one BYTES input) or token ids "
-                f"(input_ids, attention_mask, token_type_ids); evaluate a model with one of those input formats"
-            )
-        inputs = tuple((t.name, t.numpy_dtype) for t in model.inputs if t.name in KNOWN_INPUTS)
+        unfillable = [f"{t.name} {t.datatype}" for t in required if t.numpy_dtype is None]
+        if unfillable:
+            raise LoadtestError(f"model '{model.name}' takes {', '.join(unfillable)}, which loadtest eval cannot send")
+        feed, inputs = "tensors", tuple((t.name, t.numpy_dtype) for t in required)
     floats = [t.name for t in model.outputs if t.datatype in ("FP16", "FP32", "FP64")]
     if "logits" in floats:
         output = "logits"
@@ -83,7 +84,7 @@ def served_model(model) -> ServedModel:
             f"model '{model.name}' has outputs {[t.name for t in model.outputs]}: loadtest eval reads 'logits' "
             "(or a single floating-point output) as the class scores"
         )
-    return ServedModel(model.name, inputs, output, int(model.max_batch_size))
+    return ServedModel(model.name, inputs, output, int(model.max_batch_size), feed)
 
 
 def parse_host(host: str) -> tuple[str, str]:
@@ -188,6 +189,7 @@ class TritonEvaluator:
         pad_id: int = 0,
         on_batch: Callable[[int], None] | None = None,
         texts: list[str] | None = None,
+        tensors: dict[str, list] | None = None,
     ) -> np.ndarray:
         """Logits (n, num_labels) for every example, in the dataset's order; ``on_batch(rows)`` after each batch."""
         n = len(encoded.input_ids)
@@ -202,6 +204,13 @@ class TritonEvaluator:
                     raise LoadtestError(f"model '{model.name}' takes text: the evaluation set needs a 'text' column")
                 shape = (len(rows), 1) if model.max_batch_size > 0 else (1,)
                 arrays = {model.inputs[0][0]: np.array([texts[r].encode() for r in rows], dtype=object).reshape(shape)}
+            elif model.feed == "tensors":
+                arrays = {}
+                for name, dtype in model.inputs:
+                    values = [np.asarray(tensors[name][r], dtype=dtype) for r in rows]
+                    if len({v.shape for v in values}) > 1:
+                        raise LoadtestError(f"model '{model.name}' input '{name}': examples differ in shape; use --batch-size 1")
+                    arrays[name] = np.stack(values) if model.max_batch_size > 0 else values[0]
             else:
                 arrays = self._batch_arrays(model, encoded, rows, pad_id)
             out = self._infer(model, arrays)

@@ -40,6 +40,12 @@ class EvalDataset:
     ignored_columns: dict[str, str] = field(default_factory=dict)  # column -> why it is not a slice
 
     @property
+    def tensor_columns(self) -> list[str]:
+        """Input columns sent as they are (a model taking neither text nor token ids)."""
+        return [c for c in self.frame.columns if c not in ("id", "label", "label_id", "text", "input_ids")
+                and c not in self.slice_columns]  # fmt: skip
+
+    @property
     def has_text(self) -> bool:
         return "text" in self.frame.columns
 
@@ -103,14 +109,21 @@ def _is_string_column(series: pd.Series) -> bool:
     return False
 
 
-def load_dataset(path: Path | str, labels: list[str]) -> EvalDataset:
-    """Read and validate an evaluation set against the repository's labels."""
+def load_dataset(path: Path | str, labels: list[str], tensor_columns: tuple[str, ...] = ()) -> EvalDataset:
+    """Read and validate an evaluation set against the labels.
+
+    ``tensor_columns``: the inputs of a model that takes neither text nor token ids; a set holding a
+    column per input (each cell the example's values, nested lists for several dims) is sent as it is.
+    """
     path = Path(path)
     frame = read_table(path)
     columns = set(frame.columns)
-    if "text" not in columns and "input_ids" not in columns:
+    as_tensors = bool(tensor_columns) and set(tensor_columns) <= columns
+    if "text" not in columns and "input_ids" not in columns and not as_tensors:
+        wanted = f" (or the model's inputs: {', '.join(tensor_columns)})" if tensor_columns else ""
         raise LoadtestError(
-            f"evaluation dataset {path} has no 'text' (or 'input_ids') column; columns: {', '.join(map(str, frame.columns))}"
+            f"evaluation dataset {path} has no 'text' (or 'input_ids') column{wanted}; columns: "
+            f"{', '.join(map(str, frame.columns))}"
         )
     if "label" not in columns:
         hint = " ('label_id' alone is not enough: name the classes so they can be checked)" if "label_id" in columns else ""
@@ -153,7 +166,13 @@ def load_dataset(path: Path | str, labels: list[str]) -> EvalDataset:
                 f" label_id says {given[i]})"
             )
 
-    if "text" in columns:
+    if as_tensors:
+        for name in tensor_columns:
+            cells = frame[name].reset_index(drop=True)
+            if cells.map(lambda v: v is None or (isinstance(v, float) and np.isnan(v))).any():
+                raise LoadtestError(f"evaluation dataset {path}: column '{name}' has empty rows")
+            out[name] = cells.to_numpy(dtype=object)
+    elif "text" in columns:
         text = frame["text"].reset_index(drop=True)
         if text.isna().any():
             raise LoadtestError(f"evaluation dataset {path}: {int(text.isna().sum())} rows have no text (ids {_shown(out['id'][text.isna()])})")
@@ -170,9 +189,10 @@ def load_dataset(path: Path | str, labels: list[str]) -> EvalDataset:
 
     slice_columns: list[str] = []
     ignored: dict[str, str] = {}
+    tensor_names = set(tensor_columns) if as_tensors else set()
     for column in frame.columns:
         name = str(column)
-        if name in RESERVED_COLUMNS:
+        if name in RESERVED_COLUMNS or name in tensor_names:
             continue
         series = frame[column].reset_index(drop=True)
         if _is_bool_column(series):
@@ -201,6 +221,13 @@ class EncodedInputs:
     truncated: np.ndarray  # bool
 
 
+def tensors_only(dataset: EvalDataset) -> EncodedInputs:
+    """For models fed the dataset's own input columns: 'length' = values of the first input, nothing cut."""
+    first = dataset.tensor_columns[0]
+    sizes = np.array([np.asarray(v).size for v in dataset.frame[first]], dtype=np.int64)
+    return EncodedInputs([[] for _ in sizes], None, sizes, sizes, np.zeros(len(sizes), dtype=bool))
+
+
 def text_only(dataset: EvalDataset) -> EncodedInputs:
     """For models that tokenise inside Triton and no tokenizer here: lengths in whitespace words, nothing cut."""
     words = np.array([len(str(t).split()) for t in dataset.frame["text"]], dtype=np.int64)
@@ -223,3 +250,24 @@ def encode(dataset: EvalDataset, tokenizer, max_length: int) -> EncodedInputs:
         token_types = None
     sent = np.array([len(ids) for ids in input_ids], dtype=np.int64)
     return EncodedInputs(input_ids, token_types, input_tokens, sent, input_tokens > sent)
+
+
+def frozen_set_hash(frame: pd.DataFrame, columns: list[str]) -> str:
+    """SHA-256 of the evaluation set's content (ids, inputs, labels or references, in order), whatever its file format.
+
+    Version-over-version comparisons refuse two runs whose hashes differ: their figures are not paired.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for column in columns:
+        digest.update(column.encode() + b"\x00")
+        for value in frame[column].tolist():
+            if isinstance(value, (list, tuple, np.ndarray)):
+                array = np.asarray(value)
+                if array.ndim == 1 and np.issubdtype(array.dtype, np.integer):  # token ids, as hashed so far
+                    value = " ".join(str(int(v)) for v in value)
+                else:  # a model's own input values (floats, several dims)
+                    value = json.dumps(array.tolist())
+            digest.update(str(value).encode() + b"\x1f")
+    return digest.hexdigest()

@@ -10,6 +10,8 @@
   separate ``coverage_gap_unstable`` hint);
 - ``recalibrate``: the student is about as accurate as the teacher but badly calibrated; temperature scaling
   (figure fitted on the evaluation set) says how much is recoverable;
+- ``fairness_gap_widened``: with a group column, the student's gap between its best- and worst-served group
+  exceeds the teacher's by ``fairness_widening_points`` or more and the widening's interval excludes 0;
 - ``faster_not_cheaper``: the student's P95 is clearly lower than the teacher's but its cost per 1M tokens
   (or, without prices, its throughput at the latency budget) is not clearly better — batching or
   utilisation is the bottleneck, not the model. Needs the analyzer's ``tables/comparison.csv``.
@@ -39,6 +41,7 @@ class FindingThresholds:
     not_cheaper_ratio: float = 0.90  # student cost / teacher cost at least this
     not_more_throughput_ratio: float = 1.10  # student throughput at budget / teacher's at most this
     max_listed: int = 8
+    fairness_widening_points: float = 2.0  # accuracy points (or chrF points) of gap widening worth saying
 
 
 @dataclass
@@ -318,8 +321,49 @@ def _faster_not_cheaper(comparison: pd.DataFrame | None, t: FindingThresholds) -
     ]
 
 
+def _points(value: float, score: str) -> float:
+    """A score difference in points: rates ×100, chrF already in points."""
+    return 100 * value if score in ("accuracy", "rouge_l") else value
+
+
+def fairness_gap_widened(table: pd.DataFrame, fairness: dict | None, t: FindingThresholds) -> list[Finding]:
+    """Distillation widened the gap between groups (needs the eval's fairness summary for the group names)."""
+    if not fairness:
+        return []
+    row = _value(table, "group_gap_widening", "student")
+    if row is None:
+        return []
+    score = fairness.get("score", "accuracy")
+    widening = _points(float(row["value"]), score)
+    low = float(row["ci_low"]) if math.isfinite(float(row["ci_low"])) else float("nan")
+    if widening < t.fairness_widening_points or not low > 0:
+        return []
+    groups = fairness.get("groups", {})
+    listed = "; ".join(
+        f"{name} (n={g['n']}): teacher {_points(g['teacher'], score):.1f}, student {_points(g['student'], score):.1f}"
+        for name, g in sorted(groups.items(), key=lambda kv: kv[1]["student"])
+    )
+    unit = "points of accuracy" if score == "accuracy" else f"{score} points"
+    return [
+        Finding(
+            "fairness_gap_widened",
+            "warning",
+            f"distillation widened the gap between {fairness.get('column', 'groups')} groups",
+            f"Across the groups of '{fairness.get('column')}' the student's best-to-worst gap is "
+            f"{_points(fairness['student_gap'], score):.1f} {unit} against the teacher's {_points(fairness['teacher_gap'], score):.1f}: "
+            f"{widening:.1f} points wider (95 % CI {_points(low, score):.1f} to {_points(float(row['ci_high']), score):.1f}). "
+            f"Per group: {listed}. Distil with more of the worst-served group's examples, or gate on the widening."
+            + (" Some group is below the minimum n: treat as a hint." if fairness.get("unstable") else ""),
+            {"column": fairness.get("column"), "widening": float(row["value"]), "ci_low": low, "ci_high": float(row["ci_high"])},
+        )
+    ]
+
+
 def derive_findings(
-    table: pd.DataFrame, comparison: pd.DataFrame | None = None, thresholds: FindingThresholds | None = None
+    table: pd.DataFrame,
+    comparison: pd.DataFrame | None = None,
+    thresholds: FindingThresholds | None = None,
+    fairness: dict | None = None,
 ) -> list[Finding]:
     """Every finding the metrics (and the serving comparison, when present) support, most severe first."""
     t = thresholds or FindingThresholds()
@@ -329,6 +373,7 @@ def derive_findings(
         + _slice_teacher_ceilings(table, t)
         + _coverage_gaps(table, t)
         + _recalibrate(table, t)
+        + fairness_gap_widened(table, fairness, t)
         + _faster_not_cheaper(comparison, t)
     )
     order = {"fail": 0, "warning": 1, "info": 2}

@@ -19,6 +19,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loadtest.errors import LoadtestError
+from loadtest.quality.fairness import FAIRNESS_METRICS
+from loadtest.quality.genscoring import GENERATIVE_METRICS, SUBSET_METRICS
 from loadtest.quality.scoring import QUALITY_METRICS
 from loadtest.quality.slices import OVERALL
 
@@ -40,7 +42,12 @@ SERVING_METRICS: dict[str, bool | None] = {
     "cost_per_1k_requests_usd": False,
     "energy_per_1m_tokens_j": False,
 }
-KNOWN_METRICS = {**{k: v[0] for k, v in QUALITY_METRICS.items()}, **SERVING_METRICS}
+KNOWN_METRICS = {
+    **{k: v[0] for k, v in QUALITY_METRICS.items()},
+    **{k: v[0] for k, v in GENERATIVE_METRICS.items()},
+    **{k: v[0] for k, v in FAIRNESS_METRICS.items()},
+    **SERVING_METRICS,
+}
 
 
 def _check_metric(name: str) -> str:
@@ -307,6 +314,10 @@ def _threshold_checks(rule: ThresholdRule, tables: dict, policy: GatePolicy) -> 
         return [_missing(rule, "threshold", model, figures, limit)]
     checks = []
     for figure in figures:
+        if figure.value is None and figure.n == 0 and rule.metric in SUBSET_METRICS:
+            why = f"no {SUBSET_METRICS[rule.metric]} in this slice"
+            checks.append(Check("threshold", rule.metric, model, figure.slice, 0, figure.unstable, None, limit, "skipped", why))
+            continue
         if figure.value is None:
             why = f"no value (n={figure.n})" if figure.n is not None else "no value"
             missing = _missing(rule, "threshold", model, why, limit)
@@ -340,6 +351,9 @@ def _regression_checks(rule: RegressionRule, tables: dict, baseline: dict | None
     checks = []
     for figure in figures:
         base = base_by_key.get(figure.key)
+        if figure.value is None and figure.n == 0 and rule.metric in SUBSET_METRICS:
+            checks.append(Check("regression", rule.metric, rule.model, figure.slice, 0, figure.unstable, None, limit, "skipped", f"no {SUBSET_METRICS[rule.metric]} in this slice"))
+            continue
         if figure.value is None or base is None or base.value is None:
             why = "no value in this run" if figure.value is None else "not in the baseline run"
             missing = _missing(rule, "regression", rule.model, why, limit)
@@ -382,9 +396,33 @@ def load_tables(run_dir: Path) -> dict:
     return {"metrics": store.read_metrics(run_dir), "comparison": store.read_comparison(run_dir)}
 
 
+def recorded_baseline(run_dir: Path) -> Path | None:
+    """The baseline run ``loadtest eval --baseline`` recorded for this run, when it still exists."""
+    from loadtest.quality import results as store
+
+    summary = store.read_summary(run_dir) or {}
+    recorded = (summary.get("baseline") or {}).get("run")
+    return Path(recorded) if recorded and Path(recorded).is_dir() else None
+
+
+def _check_same_frozen_set(run_dir: Path, baseline_dir: Path) -> None:
+    """Regression rules compare figures of the same examples only: refuse two different frozen sets."""
+    from loadtest.quality import results as store
+
+    ours = (store.read_summary(run_dir) or {}).get("frozen_set_sha256")
+    theirs = (store.read_summary(baseline_dir) or {}).get("frozen_set_sha256")
+    if ours and theirs and ours != theirs:
+        raise LoadtestError(
+            f"baseline {baseline_dir} was evaluated on a different frozen set than {run_dir} (content SHA-256 {theirs[:12]}… vs {ours[:12]}…)"
+        )
+
+
 def evaluate_gate(run_dir: Path, policy: GatePolicy, baseline_dir: Path | None = None, policy_name: str = "") -> GateReport:
     """Every check of the policy on a run (and its baseline): the gate's verdict."""
     tables = load_tables(run_dir)
+    baseline_dir = baseline_dir if baseline_dir is not None else recorded_baseline(run_dir)
+    if baseline_dir is not None:
+        _check_same_frozen_set(run_dir, baseline_dir)
     baseline = load_tables(baseline_dir) if baseline_dir is not None else None
     if tables["metrics"] is None and tables["comparison"] is None:
         raise LoadtestError(f"{run_dir} has neither quality results (quality/metrics.csv) nor serving results (tables/comparison.csv)")

@@ -47,7 +47,8 @@ _OVERALL_ORDER = [
     "ece_after_temperature",
     "nonfinite_outputs",
 ]
-_RATES = {"accuracy", "agreement", "accuracy_drop"}
+_RATES = {"accuracy", "agreement", "accuracy_drop", "exact_match", "format_adherence", "tf_agreement", "exact_match_vs_teacher",
+          "exact_match_drop", "format_adherence_drop", "judged_equivalence"}
 
 
 def format_figure(value, metric: str) -> str:
@@ -123,6 +124,62 @@ def _slice_table(table: pd.DataFrame, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def fairness_html(table: pd.DataFrame, fairness: dict | None) -> str:
+    """Per-group scores of both models, each model's gap and the student's widening."""
+    if not fairness:
+        return ""
+    score = fairness.get("score", "accuracy")
+    lines = [
+        f"<h3>Fairness across '{escape(str(fairness.get('column')))}' groups ({escape(score)})</h3>",
+        f"<table><tr><th>group</th><th>n</th><th>teacher {escape(score)}</th><th>student {escape(score)}</th><th>student − teacher</th></tr>",
+    ]
+    for name, g in fairness.get("groups", {}).items():
+        lines.append(
+            f"<tr><td>{escape(name)}</td><td>{g['n']}</td>"
+            + "".join(f"<td>{format_figure(v, score)}</td>" for v in (g["teacher"], g["student"], g["student"] - g["teacher"]))
+            + "</tr>"
+        )
+    lines.append("</table><table><tr><th>figure</th><th>teacher</th><th>student</th></tr>")
+    gap_metric = "accuracy" if score == "accuracy" else score  # format gaps like the score
+    lines.append(
+        "<tr><td>largest gap between groups</td>"
+        + _cell(_row(table, "teacher", "group_gap"), gap_metric)
+        + _cell(_row(table, "student", "group_gap"), gap_metric)
+        + "</tr><tr><td>widening (student gap − teacher gap)</td><td>—</td>"
+        + _cell(_row(table, "student", "group_gap_widening"), gap_metric)
+        + "</tr>"
+    )
+    for metric in ("demographic_parity_difference", "equalized_odds_difference"):
+        if _row(table, "teacher", metric) is not None:
+            lines.append(f"<tr><td>{metric.replace('_', ' ')} (Fairlearn)</td>" + _cell(_row(table, "teacher", metric), metric) + _cell(_row(table, "student", metric), metric) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def baseline_html(baseline: dict | None) -> str:
+    """Version over version: this student against the previous one on the identical frozen set."""
+    if not baseline:
+        return ""
+    rows = baseline.get("deltas", [])
+    lines = [
+        f"<h3>Against the previous student (run {escape(str(baseline.get('run')))})</h3>",
+        f'<p class="note">Same frozen set (content SHA-256 {escape(str(baseline.get("frozen_set_sha256", ""))[:12])}…); '
+        "deltas are this run − the baseline, paired over the same examples: McNemar's exact test for pass/fail figures, "
+        "paired bootstrap for scores.</p>",
+        "<table><tr><th>slice</th><th>metric</th><th>n</th><th>baseline</th><th>this run</th><th>delta [95 % CI]</th><th>p</th></tr>",
+    ]
+    for r in rows:
+        label = "overall" if r["slice"] == OVERALL else f"{r['slice']}={r['slice_value']}"
+        ci = f' <span class="ci">[{format_figure(r["ci_low"], r["metric"])}, {format_figure(r["ci_high"], r["metric"])}]</span>' if r.get("ci_low") is not None and math.isfinite(r["ci_low"]) else ""
+        p = f"{r['p_value']:.3g}" if r.get("p_value") is not None and math.isfinite(r["p_value"]) else "—"
+        lines.append(
+            f"<tr><td>{escape(label)}</td><td class=\"l\">{escape(r['metric'])}</td><td>{r['n']}</td><td>{format_figure(r['baseline'], r['metric'])}</td>"
+            f"<td>{format_figure(r['value'], r['metric'])}</td><td>{format_figure(r['delta'], r['metric'])}{ci}</td><td>{p}</td></tr>"
+        )
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
 def _findings_html(findings) -> str:
     if not findings:
         return '<p class="note">No finding: none of the warning signals (teacher ceiling, coverage gap, calibration, faster-but-not-cheaper, NaN/Inf) shows in these numbers.</p>'
@@ -140,7 +197,11 @@ def quality_section_html(run_dir: Path | str) -> str | None:
     if table is None or summary is None:
         return None
     comparison = store.read_comparison(run_dir)
-    findings = derive_findings(table, comparison)
+    if summary.get("task") == "text-generation":
+        from loadtest.quality.genreport import generative_section_html
+
+        return generative_section_html(table, summary, comparison, store.read_per_example(run_dir))
+    findings = derive_findings(table, comparison, fairness=summary.get("fairness"))
     models = summary.get("models", {})
     dataset = summary.get("dataset", {})
     settings = summary.get("settings", {})
@@ -168,6 +229,8 @@ def quality_section_html(run_dir: Path | str) -> str | None:
         parts.append(f'<h3>Calibration</h3><div class="plot">{reliability}</div>')
     parts.append("<h3>Per slice</h3>")
     parts.append(_slice_table(table, summary))
+    parts.append(fairness_html(table, summary.get("fairness")))
+    parts.append(baseline_html(summary.get("baseline")))
     definitions = "".join(
         f"<li><b>{escape(s['name'])}</b> ({escape(s['source'])}): {escape(s['description'])}</li>" for s in summary.get("slices", [])
     )

@@ -17,7 +17,7 @@ import pandas as pd
 from loadtest.credentials import redact_url
 from loadtest.errors import LoadtestError
 from loadtest.quality import metrics as m
-from loadtest.quality.dataset import EncodedInputs, EvalDataset
+from loadtest.quality.dataset import EncodedInputs, EvalDataset, frozen_set_hash
 from loadtest.quality.findings import Finding, FindingThresholds, derive_findings
 from loadtest.quality.scoring import ModelOutputs, ScoreSettings, score, slice_count
 from loadtest.quality.slices import SliceSettings, assign_slices
@@ -48,6 +48,8 @@ class EvalSettings:
     labels: list[str] | None = None  # default: loadtest.json's (needed without a repository)
     tokenizer: Path | None = None  # default: the repository's (token-input models fed text)
     wait_ready_s: float = 0.0
+    group_column: str | None = None  # fairness across the groups of this dataset column
+    baseline: Path | None = None  # a previous eval run on the identical frozen set (version over version)
 
 
 @dataclass
@@ -70,6 +72,7 @@ def assemble(
     score_settings: ScoreSettings | None = None,
     comparison: pd.DataFrame | None = None,
     progress=None,
+    group_column: str | None = None,
 ) -> QualityResults:
     """Per-example results, metrics and summary from both models' served logits (dataset order)."""
     slice_settings = slice_settings or SliceSettings()
@@ -89,7 +92,7 @@ def assemble(
     per = pd.DataFrame({"id": frame["id"]})
     if "text" in frame.columns:
         per["text"] = frame["text"]
-    else:
+    elif "input_ids" in frame.columns:
         per["input_ids"] = frame["input_ids"]
     per["input_tokens"] = encoded.input_tokens
     per["n_tokens"] = encoded.sent_tokens
@@ -119,7 +122,11 @@ def assemble(
     per, specs, details = assign_slices(per, labels, dataset.slice_columns, slice_settings)
 
     scores = score(per, outputs, specs, k, score_settings, progress=progress)
-    findings = derive_findings(scores.table, comparison, FindingThresholds())
+    fairness = None
+    if group_column is not None:
+        fairness_rows, fairness = _classifier_fairness(per, dataset, group_column, labels, score_settings)
+        scores.table = pd.concat([scores.table, pd.DataFrame(fairness_rows, columns=scores.table.columns)], ignore_index=True)
+    findings = derive_findings(scores.table, comparison, FindingThresholds(), fairness=fairness)
     headline = {}
     for model, metric in (
         ("teacher", "accuracy"),
@@ -161,8 +168,36 @@ def assemble(
         },
         "headline": headline,
         "findings": [f.to_dict() for f in findings],
+        "frozen_set_sha256": frozen_set_hash(frame, ["id", *_input_columns(dataset), "label"]),
     }
+    if fairness is not None:
+        summary["fairness"] = fairness
     return QualityResults(per_example=per, metrics=scores.table, summary=summary, findings=findings)
+
+
+def _classifier_fairness(per: pd.DataFrame, dataset: EvalDataset, column: str, labels: list[str], settings: ScoreSettings):
+    """Fairness rows for a classifier: per-group accuracy of both models (and parity figures with two classes)."""
+    from loadtest.quality.fairness import FairnessSettings, group_fairness, group_values
+
+    if column not in dataset.slice_columns:
+        _classifier_fairness_column_error(dataset, column)
+    finite = ~(per["teacher_nonfinite"] | per["student_nonfinite"]).to_numpy()
+    y = per["label_id"].to_numpy()
+    scores = {role: (per[f"{role}_pred"].to_numpy() == y).astype(float) for role in ("teacher", "student")}
+    binary = {"y": y, "teacher": per["teacher_pred"].to_numpy(), "student": per["student_pred"].to_numpy()} if len(labels) == 2 else None
+    rows, summary = group_fairness(
+        group_values(per, column), scores, "accuracy", FairnessSettings(settings.min_slice_n, settings.n_resamples, settings.seed), finite, binary
+    )
+    summary["column"] = column
+    return rows, summary
+
+
+def _classifier_fairness_column_error(dataset: EvalDataset, column: str):
+    why = dataset.ignored_columns.get(column)
+    known = ", ".join(dataset.slice_columns) or "none"
+    raise LoadtestError(
+        f"--group-column '{column}' is not a usable group column" + (f" ({why})" if why else "") + f"; the dataset's group/slice columns: {known}"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -171,6 +206,13 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _input_columns(dataset) -> list[str]:
+    """The columns that identify an example's input: text, token ids, or the model's own input columns."""
+    if dataset.has_text:
+        return ["text"]
+    return ["input_ids"] if "input_ids" in dataset.frame else dataset.tensor_columns
 
 
 def run_eval(settings: EvalSettings, console=None) -> QualityResults:
@@ -182,7 +224,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     from loadtest.load.preflight import check_server
     from loadtest.load.settings import parse_endpoint
     from loadtest.quality.client import TritonEvaluator, served_model
-    from loadtest.quality.dataset import encode, load_dataset, text_only
+    from loadtest.quality.dataset import encode, load_dataset, tensors_only, text_only
     from loadtest.repository import METADATA_FILE, ModelRepository
     from loadtest.tokenizer import FastTokenizer
 
@@ -221,21 +263,34 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     )  # fmt: skip
     by_name = {model.name: model for model in checked.models}
     served = {role: served_model(by_name[name]) for role, name in names.items()}
-    dataset = load_dataset(settings.dataset, labels)
+    tensor_columns = tuple(dict.fromkeys(n for m in served.values() if m.feed == "tensors" for n, _ in m.inputs))
+    dataset = load_dataset(settings.dataset, labels, tensor_columns)
+    if settings.baseline is not None:  # refuse a baseline on another set before any request is sent
+        from loadtest.quality.baseline import load_baseline
+
+        load_baseline(settings.baseline, frozen_set_hash(dataset.frame, ["id", *_input_columns(dataset), "label"]))
+    if settings.group_column is not None and settings.group_column not in dataset.slice_columns:
+        _classifier_fairness_column_error(dataset, settings.group_column)
     tokenizer = None
     if settings.tokenizer is not None:
         tokenizer = FastTokenizer.from_path(settings.tokenizer, max_length)
     elif metadata is not None and dataset.has_text:
         tokenizer = repository.load_tokenizer()
-    needs_tokens = any(not model.takes_text for model in served.values())
+    needs_tokens = any(model.feed == "tokens" for model in served.values())
     if needs_tokens and dataset.has_text and tokenizer is None:
         raise LoadtestError(
             "the evaluation set holds text and a model takes token ids: give the tokenizer (--tokenizer tokenizer.json "
             "or a repository with loadtest.json), or an 'input_ids' column"
         )
-    if not needs_tokens and not dataset.has_text:
-        raise LoadtestError("both models take text (a BYTES input): the evaluation set needs a 'text' column")
-    encoded = encode(dataset, tokenizer, max_length) if tokenizer is not None or not dataset.has_text else text_only(dataset)
+    if any(m.feed == "text" for m in served.values()) and not dataset.has_text:
+        raise LoadtestError("a model takes text (a BYTES input): the evaluation set needs a 'text' column")
+    if needs_tokens:
+        encoded = encode(dataset, tokenizer, max_length)
+    elif dataset.has_text:
+        encoded = encode(dataset, tokenizer, max_length) if tokenizer is not None else text_only(dataset)
+    else:
+        encoded = tensors_only(dataset)
+    tensors = {name: list(dataset.frame[name]) for name in tensor_columns} if tensor_columns else None
     texts = dataset.frame["text"].astype(str).tolist() if dataset.has_text else None
     if encoded.truncated.any() and needs_tokens:
         console.print(
@@ -262,7 +317,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 t0 = time.perf_counter()
                 logits[role] = client.logits(
                     model, encoded, settings.batch_size, pad_id, on_batch=lambda rows, task=task: progress.advance(task, rows),
-                    texts=texts,
+                    texts=texts, tensors=tensors,
                 )
                 timing[f"{role}_s"] = time.perf_counter() - t0
             run_dir = settings.run_dir
@@ -276,7 +331,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 counter["done"] += 1
                 progress.update(task, completed=counter["done"])
 
-            result = assemble(dataset, encoded, logits, labels, slice_settings, score_settings, comparison, progress=tick)
+            result = assemble(dataset, encoded, logits, labels, slice_settings, score_settings, comparison, progress=tick, group_column=settings.group_column)
             progress.update(task, total=counter["done"])
     finished = time.time()
 
@@ -305,7 +360,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 "path": str(dataset.path),
                 "sha256": _sha256(dataset.path),
                 "rows": len(dataset),
-                "input": "text" if dataset.has_text else "input_ids",
+                "input": "text" if dataset.has_text else ("input_ids" if "input_ids" in dataset.frame else list(tensor_columns)),
             },
             "truncation": (
                 f"inputs longer than {max_length} tokens are truncated to it by the repository's tokenizer"
@@ -316,6 +371,15 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
         }
     )
     result.summary["settings"]["batch_size"] = settings.batch_size
+    deltas = None
+    if settings.baseline is not None:
+        from loadtest.quality.baseline import attach_baseline
+
+        deltas = attach_baseline(result.per_example, result.summary, settings.baseline, False, settings.n_resamples, settings.seed)
     store.write_quality(run_dir, result.per_example, result.metrics, result.summary)
+    if deltas is not None:
+        from loadtest.quality.baseline import write_deltas
+
+        write_deltas(run_dir, deltas)
     result.run_dir = Path(run_dir)
     return result

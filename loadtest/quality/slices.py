@@ -89,9 +89,11 @@ def assign_slices(
 
     if "length_quartile" not in taken:
         lengths = frame["input_tokens"].astype(float)
-        codes, edges = pd.qcut(lengths, 4, labels=False, retbins=True, duplicates="drop")
-        # every input the same length: qcut finds a single edge and no bins; they all share Q1
-        frame["length_quartile"] = ["Q1" if pd.isna(c) else f"Q{int(c) + 1}" for c in codes]
+        if lengths.nunique() > 1:
+            codes, edges = pd.qcut(lengths, 4, labels=False, retbins=True, duplicates="drop")
+        else:  # every input equally long (e.g. a fixed-shape tensor model): one quartile, not NaN codes
+            codes, edges = [0] * len(lengths), [float(lengths.min()), float(lengths.max())]
+        frame["length_quartile"] = [f"Q{int(c) + 1}" for c in codes]
         details["length_quartile_edges"] = [float(e) for e in edges]
         spans = [f"Q{i + 1}: {edges[i]:g}–{edges[i + 1]:g}" for i in range(len(edges) - 1)]
         specs.append(

@@ -27,7 +27,14 @@ def render_quality(result, console) -> None:
             text += f" [dim][{_num(r['ci_low'], metric)}, {_num(r['ci_high'], metric)}][/]"
         return text
 
-    for metric in ("accuracy", "macro_f1", "agreement", "kl", "js", "accuracy_drop", "ece", "temperature", "ece_after_temperature", "nonfinite_outputs"):
+    if result.summary.get("task") == "text-generation":
+        names = ("perplexity", "tf_agreement", "tf_kl", "exact_match", "chrf", "rouge_l", "format_adherence", "chrf_vs_teacher",
+                 "chrf_drop", "length_ratio", "empty_outputs", "judged_equivalence", "nonfinite_outputs")
+    else:
+        names = ("accuracy", "macro_f1", "agreement", "kl", "js", "accuracy_drop", "ece", "temperature", "ece_after_temperature", "nonfinite_outputs")
+    for metric in names:
+        if overall[overall["metric"] == metric].empty:
+            continue
         table.add_row(metric, cell("teacher", metric), cell("student", metric))
     console.print(table)
     colours = {"fail": "red", "warning": "yellow", "info": "cyan"}

@@ -1,4 +1,4 @@
-"""Serving a model repository on a real Triton Inference Server embedded in this process (PyTriton)."""
+"""Serving a model repository on the real Triton Inference Server bundled in the nvidia-pytriton wheel."""
 
 from loadtest.serving.embedded import EmbeddedTriton, ServerPorts
 

@@ -14,11 +14,22 @@ def serve(
     metrics_port: int = typer.Option(8002, help="Prometheus /metrics port."),
     address: str = typer.Option("127.0.0.1", help="Address to bind; 0.0.0.0 exposes the server to the network."),
     pick_free_ports: bool = typer.Option(False, "--pick-free-ports", help="Replace busy ports by free ones instead of failing."),
-    intra_op_threads: int = typer.Option(0, help="ONNX Runtime threads per instance (0: cores / instance count)."),
+    intra_op_threads: int = typer.Option(
+        0, help="ONNX Runtime threads per instance of an ONNX model (0: the config's intra_op_thread_count, else cores / instance count)."
+    ),
+    ort_spinning: bool = typer.Option(
+        False, "--ort-spinning/--no-ort-spinning",
+        help="Let ONNX Runtime's worker threads busy-wait between runs (off: they would take CPU from Triton's own threads).",
+    ),
     log_file: Path = typer.Option(None, help="Where Triton writes its log (default: a file in the temp dir)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Triton verbose logging level."),
 ) -> None:
-    """Serve a model repository on an embedded Triton Inference Server until Ctrl-C or SIGTERM."""
+    """Serve a model repository on the Triton Inference Server bundled with nvidia-pytriton until Ctrl-C or SIGTERM.
+
+    ONNX models run in ONNX Runtime inside a standard Python-backend model (generated in a temp dir; your
+    repository is not modified); Python-backend models and ensembles are served as they are. Reports READY
+    only once every model answers READY.
+    """
     import signal
     import threading
 
@@ -36,6 +47,7 @@ def serve(
         address=address,
         pick_free_ports=pick_free_ports,
         intra_op_threads=intra_op_threads or None,
+        allow_spinning=ort_spinning,
         log_verbose=verbose,
         log_file=log_file,
     )
@@ -45,24 +57,33 @@ def serve(
     with console.status(f"starting Triton with {len(server.models)} model(s) from {repo} ..."):
         server.start()
     try:
-        table = Table(title="Triton Inference Server (embedded) is READY", title_justify="left")
+        table = Table(
+            title=f"Triton Inference Server (embedded) is READY: all {len(server.served)} model(s) READY",
+            title_justify="left",
+        )
         table.add_column("model")
+        table.add_column("served as")
         table.add_column("max batch", justify="right")
         table.add_column("queue delay µs", justify="right")
         table.add_column("instances", justify="right")
+        table.add_column("ORT threads", justify="right")
         from loadtest.repository import settings_from_config
 
-        for name in server.models:
-            settings = settings_from_config(server.model_repository.read_config(name))
+        for model in server.served:
+            settings = settings_from_config(model.config)
+            threads = model.config.parameters["intra_op_thread_count"].string_value if "intra_op_thread_count" in model.config.parameters else ""
             table.add_row(
-                name,
-                str(settings.max_batch_size),
+                model.name,
+                model.served_as,
+                str(model.config.max_batch_size),
                 str(settings.max_queue_delay_us) if settings.dynamic_batching else "off",
-                f"{settings.instance_count} {settings.instance_kind}",
+                f"{settings.instance_count} {settings.instance_kind}" if model.config.instance_group else "-",
+                threads or "-",
             )
         console.print(table)
         console.print(f"HTTP    {server.http_url}\ngRPC    {server.grpc_url}\nmetrics {server.metrics_url}")
-        console.print(f"log     {server.log_file}\n[dim]Ctrl-C or SIGTERM stops the server.[/]")
+        console.print(f"log     {server.log_file}")
+        console.print("[dim]Models are fixed while it runs (repository load/unload refused). Ctrl-C or SIGTERM stops it.[/]")
         while not stop.wait(1.0):
             if not server.is_alive():
                 from loadtest.errors import LoadtestError

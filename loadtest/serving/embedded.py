@@ -1,27 +1,48 @@
-"""A real Triton Inference Server, embedded through PyTriton, serving a repository's ONNX models.
+"""A real Triton Inference Server on this machine, serving a model repository; used as a context manager.
 
-PyTriton runs the actual ``tritonserver`` binary with its Python backend; each model instance is an
-ONNX Runtime session in this process. Everything Triton is told comes from the repository's own
-config.pbtxt (name, tensors, max batch, dynamic batcher, instance count), so the embedded server batches,
-queues and reports metrics the way a staging Triton configured from the same repository would.
+We run the ``tritonserver`` binary bundled in the nvidia-pytriton wheel directly, over a serving
+repository prepared in a temp dir (``serving_repository``): ONNX models run in ONNX Runtime inside a
+standard Python-backend ``model.py``, so a request crosses tritonserver -> Python backend stub -> ONNX
+Runtime and nothing else. Everything Triton is told about a model comes from the repository's own
+config.pbtxt, so the embedded server batches, queues and reports metrics the way a staging Triton
+configured from the same repository would.
+
+Readiness: with model-control mode ``none`` Triton loads every model before it opens its endpoints and
+exits if one fails, and its repository load/unload API is refused, so the set of served models cannot
+change under a load test. ``start()`` still returns only after each model answers READY on
+``/v2/models/NAME/ready``.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import logging
 import os
-import sysconfig
+import shutil
+import signal
+import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import requests
 
 from loadtest.errors import LoadtestError
-from loadtest.repository import ModelRepository, settings_from_config, tensor_specs
+from loadtest.repository import ModelRepository
+from loadtest.serving.distribution import TritonDistribution, ensure_python_libdir_on_ld_path
 from loadtest.serving.ports import free_port, port_is_free
+from loadtest.serving.serving_repository import ServedModel, ServingOptions, prepare_serving_repository
 
 LOG = logging.getLogger(__name__)
+
+__all__ = ["EmbeddedTriton", "ServerPorts", "ensure_python_libdir_on_ld_path", "resolve_ports"]
+
+# Python-backend shared memory per model instance: start small, grow on demand (PyTriton's choice too).
+SHM_DEFAULT_BYTES = 4 * 1024 * 1024
+SHM_GROWTH_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -33,24 +54,8 @@ class ServerPorts:
     metrics: int = 8002
 
 
-def ensure_python_libdir_on_ld_path() -> None:
-    """Make Triton's Python-backend stub load *this* interpreter's libpython.
-
-    The stub links ``libpython3.X.so`` dynamically; with a non-system Python (pyenv, conda, venv over
-    either) the system copy is found first and models fail to load with
-    ``'_thread.RLock' object has no attribute '_recursion_count'``. PyTriton passes our environment to
-    tritonserver, so prepending the interpreter's LIBDIR here is enough.
-    """
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if not libdir:
-        return
-    current = os.environ.get("LD_LIBRARY_PATH", "")
-    if libdir not in current.split(":"):
-        os.environ["LD_LIBRARY_PATH"] = f"{libdir}:{current}" if current else libdir
-
-
 def resolve_ports(ports: ServerPorts, address: str, pick_free: bool) -> ServerPorts:
-    """Check the requested ports; a busy one is an error, or is replaced when ``pick_free``."""
+    """Check the requested ports; 0 means any free port; a busy one is an error, or is replaced when ``pick_free``."""
     host = "0.0.0.0" if address in ("0.0.0.0", "") else address
     chosen: dict[str, int] = {}
     for name in ("http", "grpc", "metrics"):
@@ -68,7 +73,7 @@ def resolve_ports(ports: ServerPorts, address: str, pick_free: bool) -> ServerPo
 
 
 class EmbeddedTriton:
-    """Serve every ONNX model of a repository on an embedded Triton; use as a context manager."""
+    """Serve every model of a repository on the wheel's tritonserver."""
 
     def __init__(
         self,
@@ -78,21 +83,28 @@ class EmbeddedTriton:
         address: str = "127.0.0.1",
         pick_free_ports: bool = False,
         intra_op_threads: int | None = None,
+        allow_spinning: bool | None = False,
         log_verbose: int = 0,
         metrics_interval_ms: int = 1000,
         log_file: Path | str | None = None,
+        start_timeout_s: float = 300.0,
+        exit_timeout_s: int = 5,
     ):
         self.repository = Path(repository)
         self.model_repository = ModelRepository(repository)
         self.models = self.model_repository.validate()
         self.address = address
         self.ports = resolve_ports(ports or ServerPorts(), address, pick_free_ports)
-        self.intra_op_threads = intra_op_threads
+        self.options = ServingOptions(intra_op_threads=intra_op_threads, allow_spinning=allow_spinning)
         self.log_verbose = log_verbose
         self.metrics_interval_ms = metrics_interval_ms
-        # Triton's own log goes to a file (PyTriton would echo it all to stdout otherwise).
+        self.start_timeout_s = start_timeout_s
+        self.exit_timeout_s = exit_timeout_s
+        # tritonserver's log and console (NVML/DCGM warnings on a CPU machine) go to this file, not our terminal.
         self.log_file = Path(log_file) if log_file else Path(tempfile.gettempdir()) / f"loadtest-triton-{os.getpid()}.log"
-        self._triton = None
+        self.served: list[ServedModel] = []
+        self.workspace: Path | None = None
+        self._process: subprocess.Popen | None = None
 
     # ---- endpoints ----------------------------------------------------------------------------
     @property
@@ -126,116 +138,147 @@ class EmbeddedTriton:
     @property
     def tritonserver_pid(self) -> int | None:
         """PID of the tritonserver child (tests pause it to simulate a stall)."""
-        server = getattr(self._triton, "_triton_server", None)
-        running = getattr(server, "_tritonserver_running_cmd", None)
-        return running.pid if running is not None else None
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def serving_repository(self) -> Path | None:
+        return self.workspace / "models" if self.workspace else None
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> "EmbeddedTriton":
-        """Start tritonserver, bind every model, and return once all are READY."""
-        ensure_python_libdir_on_ld_path()
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+    def command(self, distribution: TritonDistribution) -> list[str]:
+        """The tritonserver command line (the workspace must exist)."""
+        assert self.workspace is not None
+        shm_prefix = f"loadtest{os.getpid()}x{id(self) % 100000}_"
+        return [
+            str(distribution.binary),
+            f"--model-repository={self.workspace / 'models'}",
+            f"--backend-directory={self.workspace / 'backends'}",
+            "--model-control-mode=none",  # load all at start, exit if one fails, refuse load/unload
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--http-address={self.address}",
+            f"--http-port={self.ports.http}",
+            f"--grpc-address={self.address}",
+            f"--grpc-port={self.ports.grpc}",
+            f"--metrics-address={self.address}",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-metrics=true",
+            "--allow-cpu-metrics=true",
+            f"--allow-gpu-metrics={'true' if self.options.gpu_available else 'false'}",
+            f"--metrics-interval-ms={self.metrics_interval_ms}",
+            f"--log-verbose={self.log_verbose}",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+            f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
+        ]
 
-        from loadtest.serving.onnx_instance import OnnxInstance, ort_providers
-
-        for noisy in ("pytriton", "sh"):
-            logging.getLogger(noisy).setLevel(logging.WARNING if self.log_verbose == 0 else logging.DEBUG)
-
-        config = TritonConfig(
-            http_address=self.address,
-            grpc_address=self.address,
-            metrics_address=self.address,
-            http_port=self.ports.http,
-            grpc_port=self.ports.grpc,
-            metrics_port=self.ports.metrics,
-            allow_cpu_metrics=True,
-            metrics_interval_ms=self.metrics_interval_ms,
-            log_verbose=self.log_verbose or None,  # PyTriton echoes server logs whenever this is set
-            exit_timeout_secs=5,
-            log_file=self.log_file,
+    def start(self) -> EmbeddedTriton:
+        """Prepare the serving repository, start tritonserver, and return once every model is READY."""
+        if self._process is not None:
+            return self
+        distribution = TritonDistribution.find()
+        self.options = ServingOptions(
+            intra_op_threads=self.options.intra_op_threads,
+            allow_spinning=self.options.allow_spinning,
+            gpu_available=_gpu_visible(),
         )
-        # Loopback by default, and statistics are what operators read: leave Triton's APIs unrestricted.
-        self._triton = Triton(
-            config=config,
-            security_config=TritonSecurityConfig(restricted_endpoints=[]),
-        )
-        cpu_count = os.cpu_count() or 1
+        self.workspace = Path(tempfile.mkdtemp(prefix="loadtest-serving-"))
         try:
-            for name in self.models:
-                model_config = self.model_repository.read_config(name)
-                if model_config.platform != "onnxruntime_onnx":
-                    raise LoadtestError(
-                        f"model '{name}' is {model_config.platform}: the embedded server runs ONNX models only; "
-                        "serve TensorRT plans with a real Triton (docker compose up)"
-                    )
-                settings = settings_from_config(model_config)
-                inputs = tensor_specs(model_config.input)
-                outputs = tensor_specs(model_config.output)
-                threads = self.intra_op_threads or max(1, cpu_count // settings.instance_count)
-                providers = ort_providers(settings.instance_kind, settings.tensorrt_accelerator)
-                model_path = self.model_repository.model_file(name)
-                instances = [
-                    OnnxInstance(model_path, inputs, outputs, providers, threads) for _ in range(settings.instance_count)
-                ]
-                batcher = DynamicBatcher(
-                    max_queue_delay_microseconds=settings.max_queue_delay_us,
-                    preferred_batch_size=settings.preferred_batch_sizes or None,
+            self.served = prepare_serving_repository(self.model_repository, self.workspace / "models", self.options)
+            distribution.assemble_backends(self.workspace / "backends")
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_file, "ab") as log:
+                self._process = subprocess.Popen(
+                    self.command(distribution),
+                    env=distribution.environment(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
                 )
-                self._triton.bind(
-                    model_name=name,
-                    infer_func=instances,
-                    inputs=[Tensor(name=s.name, dtype=np.dtype(s.dtype), shape=s.dims) for s in inputs],
-                    outputs=[Tensor(name=s.name, dtype=np.dtype(s.dtype), shape=s.dims) for s in outputs],
-                    config=ModelConfig(
-                        batching=True,
-                        max_batch_size=settings.max_batch_size,
-                        batcher=batcher if settings.dynamic_batching else DynamicBatcher(),
-                    ),
-                    strict=False,
-                )
-            _quiet_server_echo(self._triton, self.log_verbose)
-            self._triton.run()
-        except LoadtestError:
+            atexit.register(self.stop)
+            self._wait_until_ready()
+        except BaseException:
             self.stop()
             raise
-        except Exception as exc:
-            self.stop()
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LoadtestError(f"Triton failed to start: {message}") from exc
         return self
 
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        pending = list(self.models)
+        with requests.Session() as session:
+            while pending:
+                if self._process.poll() is not None:
+                    raise LoadtestError(f"Triton failed to start: {self._failure_reason()} (log: {self.log_file})")
+                if time.monotonic() > deadline:
+                    raise LoadtestError(
+                        f"Triton did not report {', '.join(pending)} READY within {self.start_timeout_s:.0f} s "
+                        f"(log: {self.log_file})"
+                    )
+                try:
+                    pending = [m for m in pending if session.get(f"{self.http_url}/v2/models/{m}/ready", timeout=2).status_code != 200]
+                except requests.RequestException:
+                    pass  # endpoints open only after every model has loaded
+                if pending:
+                    time.sleep(0.1)
+
+    def _failure_reason(self) -> str:
+        """The first error Triton logged (a model that failed to load, a port it could not bind)."""
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return f"tritonserver exited with code {self._process.returncode}"
+        errors = [line for line in lines if line.startswith("E") and "nvml" not in line.lower() and "dcgm" not in line.lower()]
+        important = [e for e in errors if any(k in e.lower() for k in ("failed to load", "address already in use", "failed to start"))]
+        if important or errors:
+            # "E1201 12:00:00.0 1 file.cc:42] \"failed to load 'x' ...\n\nAt: ...\"": keep the message's first line
+            message = (important or errors)[0].split("] ", 1)[-1].strip().strip('"')
+            return message.split("\\n")[0].strip()
+        return f"tritonserver exited with code {self._process.returncode}"
+
     def stop(self) -> None:
-        """Stop tritonserver and wait for it (idempotent)."""
-        if self._triton is not None:
+        """Stop tritonserver (SIGINT, then SIGKILL after the exit timeout) and remove the workspace; idempotent."""
+        process, self._process = self._process, None
+        atexit.unregister(self.stop)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
             try:
-                self._triton.stop()
-            finally:
-                self._triton = None
+                process.wait(timeout=self.exit_timeout_s + 10)
+            except subprocess.TimeoutExpired:
+                LOG.warning("tritonserver did not exit in time; killing it")
+                process.kill()
+                process.wait()
+        if self.workspace is not None:
+            shutil.rmtree(self.workspace, ignore_errors=True)
+            self.workspace = None
 
     def is_alive(self) -> bool:
-        return self._triton is not None and self._triton.is_alive()
+        return self._process is not None and self._process.poll() is None
 
-    def __enter__(self) -> "EmbeddedTriton":
+    def __enter__(self) -> EmbeddedTriton:
         return self.start()
 
     def __exit__(self, *_exc) -> None:
         self.stop()
 
 
-def _quiet_server_echo(triton, log_verbose: int) -> None:
-    """Stop PyTriton echoing tritonserver's console to our stdout (its ``TritonServer(verbose=True)`` default).
+def _gpu_visible() -> bool:
+    try:
+        from loadtest.observability.gpu import nvml_unavailable_reason
 
-    Triton's log already goes to ``log_file``; what still reached the terminal were stray lines such as
-    DCGM's "Failed to initialize NVML" on a CPU machine and "Signal (2) received." at shutdown, which read
-    like errors. PyTriton (pinned in constraints.txt) has no public switch, so this sets its private flag
-    when present and otherwise leaves the echo on.
+        return nvml_unavailable_reason() is None
+    except Exception:
+        return False
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when our process dies, so no tritonserver outlives a crash.
+
+    Linux sends the signal when the *thread* that forked exits, hence only for servers started from the
+    main thread.
     """
-    if log_verbose:
-        return
-    initialize = getattr(triton, "_initialize_server", None)
-    if getattr(triton, "_triton_server", None) is None and callable(initialize):
-        initialize()
-    server = getattr(triton, "_triton_server", None)
-    if server is not None and hasattr(server, "_verbose"):
-        server._verbose = False
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
