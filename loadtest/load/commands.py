@@ -213,6 +213,8 @@ def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arriva
     bounds.check_port("--metrics-port", metrics_port)
     bounds.check_bind_address("--metrics-address", metrics_address)
     bounds.check_writable_dir("--results-dir", results_dir)
+    if dataset is not None and not Path(dataset).is_file():
+        raise LoadtestError(f"--dataset {dataset} not found: give a JSONL, CSV or Parquet file")
     if Path(repository).exists() and not Path(repository).is_dir():
         raise LoadtestError(f"--repository {repository} is not a directory: give the model repository's folder")
     if not Path(repository).is_dir():
@@ -220,13 +222,10 @@ def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arriva
     from loadtest.repository import ModelRepository
 
     repo = ModelRepository(repository)
-    names = [m.strip() for m in (models or "").split(",") if m.strip()]
-    if not names:
-        metadata = repo.read_metadata()
-        names = [metadata.teacher, metadata.student]
-    elif (repo.path / "loadtest.json").is_file():
-        repo.read_metadata()
-    for name in dict.fromkeys(names):
-        repo.read_config(name)
-    if dataset is not None and not Path(dataset).is_file():
-        raise LoadtestError(f"--dataset {dataset} not found: give a JSONL, CSV or Parquet file")
+    if not (repo.path / "loadtest.json").is_file():
+        return
+    metadata = repo.read_metadata()  # a binary or malformed loadtest.json is one line here, not in Locust
+    if not models:  # the repository's own teacher and student: their configs must be readable too
+        for name in dict.fromkeys([metadata.teacher, metadata.student]):
+            if repo.config_path(name).is_file():
+                repo.read_config(name)
