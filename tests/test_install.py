@@ -130,3 +130,35 @@ def test_light_venv_runs_a_scenario_against_the_exported_pair(image_venv, triton
     assert records["success"].all()
     for model, rows in records.groupby("model"):
         assert len(rows) == delta[model] > 0
+
+
+@pytest.fixture(scope="module")
+def foreign_server(tmp_path_factory):
+    """The embedded Triton (full install) serving Python-backend models and an ensemble loadtest did not export."""
+    from _foreign_models import write_foreign_repository
+
+    from loadtest.serving import EmbeddedTriton, ServerPorts
+
+    root = tmp_path_factory.mktemp("foreign")
+    server = EmbeddedTriton(write_foreign_repository(root / "models"), ServerPorts(0, 0, 0), log_file=root / "t.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_light_venv_loads_models_it_did_not_export_with_no_repository(image_venv, foreign_server, tmp_path):
+    from _foreign_models import ENSEMBLE_STEPS
+
+    scenarios = tmp_path / "scenarios"
+    shutil.copytree(ROOT / "scenarios", scenarios)
+    before = triton_success(foreign_server.metrics_url)
+    result = _locust(image_venv, ["-f", str(scenarios / "steady.py"), "-u", "2", "-t", "3s", "--host",
+                                  foreign_server.grpc_url], tmp_path, tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = _records(tmp_path)
+    assert records["success"].all() and records["model"].nunique() == 6
+    own = records.groupby("model").size().to_dict()
+    delta = success_delta(before, triton_success(foreign_server.metrics_url))
+    for model, n in own.items():
+        via_ensembles = sum(own.get(e, 0) for e, steps in ENSEMBLE_STEPS.items() if model in steps)
+        assert delta[model] == n + via_ensembles

@@ -227,9 +227,12 @@ def misbehaving_server():
 
 
 def test_bad_streams_are_recorded_failures_with_the_servers_text(misbehaving_server, llm_models, tmp_path):
-    run = _run(tmp_path, "llm.py", misbehaving_server, _llm_args("openai-completions", *BAD_STREAMS,
-               tokenizer=llm_models[0], extra=("--warmup-requests", "0")), users=1, run_time=2)  # fmt: skip
+    # the whole scenarios/ folder: with --api only the LLM users run (one closed-loop user, one open-loop driver)
+    run = _run(tmp_path, "", misbehaving_server, _llm_args("openai-completions", *BAD_STREAMS,
+               tokenizer=llm_models[0], extra=("--warmup-requests", "0", "--arrival-rate", "2")), users=2,
+               run_time=2)  # fmt: skip
     frame = _frame(run)
+    assert set(frame["scenario"]) == {"LLMStreamUser", "LLMOpenLoopDriver"}
     assert set(frame["model"]) == set(BAD_STREAMS) and not frame["success"].any()
     errors = frame.groupby("model")["error"].first().to_dict()
     assert errors["cut"].startswith("stream cut off")

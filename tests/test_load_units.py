@@ -328,5 +328,6 @@ def test_all_scenarios_load_together():
         [PY, "-m", "locust", "-f", str(root / "scenarios"), "--list"], capture_output=True, text=True, timeout=120
     )
     assert listed.returncode == 0, listed.stderr[-2000:]
-    for user in ("SteadyUser", "StepUser", "SpikeUser", "SoakUser", "OpenLoopDriver", "ABUser"):
+    for user in ("SteadyUser", "StepUser", "SpikeUser", "SoakUser", "OpenLoopDriver", "ABUser", "LLMStreamUser",
+                 "LLMOpenLoopDriver"):
         assert user in listed.stdout

@@ -376,6 +376,13 @@ class _GrpcStream:
             self.client.close()
         except Exception:
             pass
+        # tritonclient's __del__ would close it again at exit: a second gevent gRPC channel close can block
+        # the exiting load generator (seen with TritonClient), so closed once is enough.
+        self.client.close = _closed
+
+
+def _closed() -> None:
+    """Stands in for a closed tritonclient's ``close``."""
 
 
 class GrpcStreamClient(StreamingClient):
@@ -433,11 +440,9 @@ class GrpcStreamClient(StreamingClient):
                     healthy = answer.error is None
                     return
         finally:
-            if healthy:
-                self.idle.append(slot)
-            else:
+            if not healthy:  # an error or a timeout leaves the stream in an unknown state: a fresh one next time
                 slot.reset()
-                self.idle.append(slot)
+            self.idle.append(slot)
 
     def close(self) -> None:
         for slot in self.all:

@@ -87,3 +87,23 @@ def test_scenarios_target_the_text_ensembles_and_records_reconcile(text_server, 
         assert records.loc[records["model"] == f"{role}_text", "tokens"].gt(0).all()  # counted by the tokenizer
     models = run.manifest()["models"]
     assert models["teacher"] == "teacher_text" and models["student"] == "student_text"
+
+
+def test_export_cli_writes_the_text_ensemble(tiny_repository, tmp_path):
+    """`loadtest export --with-tokenizer` (one model): the model, its tokenizer step and its ensemble."""
+    import subprocess
+    import sys
+
+    hf = tiny_repository.parent / "hf"
+    student = next(p for p in sorted(hf.iterdir()) if "student" in p.name)
+    repo = tmp_path / "repo"
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.cli", "export", "--teacher", str(student), "--teacher-name", "clf",
+         "--repo", str(repo), "--with-tokenizer"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = ModelRepository(repo)
+    assert written.read_metadata().text_models == {"clf": "clf_text"}
+    assert set(written.models()) == {"clf", "clf_tokenizer", "clf_text"}
+    written.validate()
