@@ -233,6 +233,9 @@ class OpenLoopUser(User):
                     continue
                 now = CLOCK.now()
                 if now < next_t:
+                    # refresh the loop's cached clock first: a timer counts from it, and a stale one
+                    # (after a busy iteration) makes the send leave late by however stale it was
+                    gevent.get_hub().loop.update_now()
                     gevent.sleep(min(next_t - now, DRIVER_POLL_S))
                     continue
                 while next_t <= now:  # everything due, even if this loop woke late: never skip a send
