@@ -47,23 +47,31 @@ class Endpoint:
 
 
 def parse_endpoint(host: str | None, protocol: str = "auto", *, flag: str = "--host") -> Endpoint:
-    """Protocol and address from a host and a protocol choice (an explicit protocol wins over the scheme)."""
+    """Protocol and address from a host and a protocol choice (an explicit protocol wins over the scheme).
+
+    Messages show the host without its user-info: a password must never reach a log line.
+    """
+    from loadtest.credentials import redact_url
+
     if not host:
         raise LoadtestError(f"no Triton host: pass {flag} http://HOST:8000 or {flag} grpc://HOST:8001")
+    shown = redact_url(host)
     protocol = (protocol or "auto").lower()
     if protocol not in PROTOCOLS:
         raise LoadtestError(f"--protocol must be auto, http or grpc, got '{protocol}'")
     parts = urlsplit(host if "://" in host else f"//{host}")
     scheme = (parts.scheme or "").lower()
     if scheme not in ("", *SCHEMES):
-        raise LoadtestError(f"{flag} {host}: scheme must be http, https, grpc or grpcs")
+        raise LoadtestError(f"{flag} {shown}: scheme must be http, https, grpc or grpcs")
     if protocol == "auto":
         protocol = "grpc" if scheme.startswith("grpc") else "http"
     try:
         hostname, port = parts.hostname, parts.port
     except ValueError:
-        raise LoadtestError(f"{flag} {host} has an invalid port") from None
+        raise LoadtestError(f"{flag} {shown} has an invalid port: use a number 1-65535") from None
     if not hostname:
-        raise LoadtestError(f"{flag} {host} has no host name")
+        raise LoadtestError(f"{flag} {shown} has no host name (e.g. http://127.0.0.1:8000)")
+    if port == 0:
+        raise LoadtestError(f"{flag} {shown}: port 0 cannot be connected to: use a number 1-65535")
     default_port = DEFAULT_GRPC_PORT if protocol == "grpc" else DEFAULT_HTTP_PORT
     return Endpoint(protocol, hostname, port or default_port, ssl=scheme in ("https", "grpcs"))

@@ -162,7 +162,7 @@ def create_run_dir(results_dir: Path | str, kind: str, when: float | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LoadtestError(f"cannot create results directory {root}: {exc.strerror}") from None
+        raise LoadtestError(f"cannot create results directory {root}: {exc.strerror}; pick a writable --results-dir") from None
     base = new_run_id(kind, when)
     for n in range(1, 10_000):
         path = root / (base if n == 1 else f"{base}-{n}")
@@ -170,6 +170,8 @@ def create_run_dir(results_dir: Path | str, kind: str, when: float | None = None
             path.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise LoadtestError(f"cannot create a run directory in {root}: {exc.strerror}; pick a writable --results-dir") from None
         return path
     raise LoadtestError(f"too many runs named {base} in {root}")
 
@@ -224,19 +226,26 @@ def read_manifest(run_dir: Path | str) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LoadtestError(f"{path}: the run's manifest is not UTF-8 JSON (a binary file?): restore it") from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise LoadtestError(f"{path}: not valid JSON ({exc})") from None
+        raise LoadtestError(f"{path}: not valid JSON ({exc}); restore it or point at another run directory") from None
     if not isinstance(data, dict):
-        raise LoadtestError(f"{path}: expected a JSON object")
+        raise LoadtestError(f"{path}: expected a JSON object (a loadtest manifest)")
     return data
 
 
 def write_manifest(run_dir: Path | str, manifest: dict) -> Path:
-    """Write ``manifest.json`` atomically (temporary name, then rename): readers never see half a file."""
+    """Write ``manifest.json`` atomically (temporary name, then rename): readers never see half a file.
+
+    Any URL user-info (``scheme://user:password@``) is scrubbed on the way out: secrets never reach a file.
+    """
+    from loadtest.credentials import scrub
+
     path = Path(run_dir) / MANIFEST
     tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.write_text(scrub(json.dumps(manifest, indent=2, sort_keys=False, default=str), None) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -298,8 +307,12 @@ def write_snapshot(run_dir: Path | str, label: str, text: str, when: float | Non
     stamp = int((time.time() if when is None else when) * 1000)
     path = folder / f"{stamp}-{safe_label(label)}.prom"
     tmp = folder / f".{path.name}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -320,8 +333,12 @@ def write_shard(directory: Path, name: str, table: pa.Table) -> Path:
     """Write one shard atomically: a hidden temporary file, then a rename (a reader never sees half a file)."""
     path = directory / name
     tmp = directory / f".{name}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

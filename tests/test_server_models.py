@@ -205,7 +205,7 @@ def test_input_data_variable_dims_need_a_shape(tmp_path):
 # ---- pre-flight without a server -----------------------------------------------------------------
 def test_preflight_names_a_closed_port_and_an_unknown_host():
     from loadtest.load.preflight import check_server
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
     from loadtest.serving.ports import free_port
 
     port = free_port()
@@ -217,7 +217,7 @@ def test_preflight_names_a_closed_port_and_an_unknown_host():
 
 def test_preflight_waits_and_then_says_how_long(monkeypatch):
     from loadtest.load import preflight
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
     from loadtest.serving.ports import free_port
 
     slept, said = [], []

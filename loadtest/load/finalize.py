@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import gevent
+import pyarrow.parquet as pq
 
 from loadtest.load.process import LoadProcess, merge_counts, nested_counts
 from loadtest.load.settings import LoadOptions
-from loadtest.rundir import client_host, versions
+from loadtest.rundir import client_host, shard_paths, versions
 
 log = logging.getLogger("loadtest")
-WORKER_REPORT_WAIT_S = 3.0
+FINAL_REPORT_WAIT_S = 30.0
 
 
 def run_kind(environment) -> str:
@@ -68,6 +69,7 @@ def base_manifest(environment, process: LoadProcess, options: LoadOptions) -> di
         },
         "host": environment.host,
         "protocol": context.endpoint.protocol if context else None,
+        "credentials": context.credentials.describe() if context is not None and hasattr(context, "credentials") else None,
         "models": _models(process),
         "payloads": context.payload_description if context else None,
         "settings": options.settings(),
@@ -112,33 +114,65 @@ def _serving_memory(process: LoadProcess) -> dict:
 
 def finalize_local(environment, process: LoadProcess) -> None:
     """Local: complete the manifest (every row is written by now)."""
-    rows = process.writer.rows_written if process.writer else 0
+    writer = process.writer
+    rows = writer.rows_written if writer else 0
+    records = {"rows": rows, "workers": {process.worker: rows}}
+    if writer is not None and writer.failure:
+        records.update(not_recorded=writer.rows_lost + process.unrecorded, incomplete_reason=writer.failure)
     process.run.update_manifest(
         end=time.time(),
+        complete=not (writer is not None and writer.failure),
         serving_footprint=_serving_memory(process),
         stages=process.board.stages_for_manifest(),
-        records={"rows": rows, "workers": {process.worker: rows}},
+        records=records,
         dropped=nested_counts(process.dropped),
         late=nested_counts(process.late),
         unrecorded=process.unrecorded,
+        backoff={"events": process.backoff_events, "seconds": round(process.backoff_seconds, 3)},
         locust=dict(process.run.read_manifest().get("locust", {}), **_locust_totals(environment)),
     )
     log.info("loadtest: records and manifest in %s", process.run.path)
 
 
-def wait_for_final_reports(environment, process: LoadProcess, wait_s: float = WORKER_REPORT_WAIT_S) -> None:
-    """Master: wait (briefly) until every worker has sent its final report."""
-    deadline = time.monotonic() + wait_s
+def wait_for_final_reports(environment, process: LoadProcess, wait_s: float = FINAL_REPORT_WAIT_S) -> None:
+    """Master: wait for every live worker's final report (up to ``wait_s`` beyond the stop timeout).
+
+    Workers stopped by a signal (SIGTERM to ``loadtest run``) can take seconds on a busy machine to finish
+    their in-flight requests; their final report carries their last rows and Locust's last stats, so the
+    manifest waits for it rather than record stale counts.
+    """
+    deadline = time.monotonic() + wait_s + (environment.stop_timeout or 0)
     while time.monotonic() < deadline:
-        reports = process.worker_reports.values()
-        if reports and all(r.get("final") for r in reports) and len(reports) >= len(environment.runner.clients):
+        lost = {w["worker"] for w in process.workers_lost.values()}
+        reports = [r for worker, r in process.worker_reports.items() if worker not in lost]
+        alive = len(environment.runner.clients) - len(environment.runner.clients.missing)
+        if reports and all(r.get("final") for r in reports) and len(reports) >= alive:
             return
         gevent.sleep(0.05)
+
+
+def _rows_on_disk(run_dir: Path, worker: str) -> int:
+    """Rows in a worker's completed shards (what survives of a worker that vanished)."""
+    total = 0
+    for path in shard_paths(run_dir):
+        if path.name.startswith(f"{worker}-"):
+            try:
+                total += pq.read_metadata(path).num_rows
+            except Exception:  # noqa: BLE001  a torn shard: the analyzer reports it
+                pass
+    return total
 
 
 def finalize_master(environment, process: LoadProcess) -> None:
     """Master: complete the manifest with the workers' counts added up."""
     reports = dict(process.worker_reports)
+    lost_workers = list(process.workers_lost.values())
+    for info in lost_workers:  # its last report is stale: count what reached the disk
+        info["rows_on_disk"] = _rows_on_disk(process.run.path, info["worker"])
+        if info["worker"] in reports:
+            reports[info["worker"]] = dict(reports[info["worker"]], rows=info["rows_on_disk"])
+    failures = [r.get("records_failure") for r in reports.values() if r.get("records_failure")]
+    not_recorded = sum(r.get("not_recorded", 0) for r in reports.values())
     dropped: dict = {}
     late: dict = {}
     for report in reports.values():
@@ -148,12 +182,17 @@ def finalize_master(environment, process: LoadProcess) -> None:
         end=time.time(),
         serving_footprint=_serving_memory(process),
         stages=process.board.stages_for_manifest(),
+        complete=not (failures or lost_workers),
+        workers_lost=lost_workers,
         records={"rows": sum(r.get("rows", 0) for r in reports.values()),
                  "workers": {w: r.get("rows", 0) for w, r in reports.items()},
-                 "all_final": all(r.get("final") for r in reports.values())},
+                 "all_final": all(r.get("final") for r in reports.values()),
+                 **({"not_recorded": not_recorded, "incomplete_reason": failures[0]} if failures else {})},
         dropped=dropped,
         late=late,
         unrecorded=sum(r.get("unrecorded", 0) for r in reports.values()),
+        backoff={"events": sum(r.get("backoff", {}).get("events", 0) for r in reports.values()),
+                 "seconds": round(sum(r.get("backoff", {}).get("seconds", 0.0) for r in reports.values()), 3)},
         locust=dict(process.run.read_manifest().get("locust", {}), **_locust_totals(environment)),
     )  # fmt: skip
     log.info("loadtest: records and manifest in %s", process.run.path)

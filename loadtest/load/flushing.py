@@ -8,6 +8,7 @@ beat and hands the rows to gevent's thread pool (``write``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -16,10 +17,14 @@ from loadtest.load.records import RecordWriter
 
 
 class RecordFlusher:
-    """Writes a RecordWriter's buffered rows every ``writer.interval`` seconds until ``stop()``."""
+    """Writes a RecordWriter's buffered rows every ``writer.interval`` seconds until ``stop()``.
 
-    def __init__(self, writer: RecordWriter):
+    When a write fails (a full disk), the beat stops and ``on_failure(writer)`` is called once.
+    """
+
+    def __init__(self, writer: RecordWriter, on_failure: Callable[[RecordWriter], None] | None = None):
         self.writer = writer
+        self.on_failure = on_failure
         self._stop = Event()
         self._greenlet = gevent.spawn(self._loop)
 
@@ -32,6 +37,10 @@ class RecordFlusher:
             rows = writer.drain()
             if rows:
                 pool.apply(writer.write, (rows,))
+            if writer.failure is not None:
+                if self.on_failure is not None:
+                    self.on_failure(writer)
+                return
 
     def stop(self) -> int:
         """Stop the beat, write what is left, close the writer; returns the rows written in all."""

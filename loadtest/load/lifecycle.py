@@ -16,6 +16,7 @@ custom message; workers report their row and dropped-send counts back with their
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -24,10 +25,18 @@ from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 from tokenizers import Tokenizer  # noqa: F401  (loaded once, before --processes forks)
 
+from loadtest.credentials import URL_CREDENTIALS_ENV, split_host
 from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)
 from loadtest.load.client_metrics import metrics_port_for
-from loadtest.load.finalize import base_manifest, finalize_local, finalize_master, run_kind, wait_for_final_reports
+from loadtest.load.finalize import (
+    FINAL_REPORT_WAIT_S,
+    base_manifest,
+    finalize_local,
+    finalize_master,
+    run_kind,
+    wait_for_final_reports,
+)
 from loadtest.load.flushing import RecordFlusher
 from loadtest.load.options import load_generation_options, load_options
 from loadtest.load.process import DRIVERS_MESSAGE, ENVIRONMENT_ATTRIBUTE, STAGE_MESSAGE, LoadProcess
@@ -39,6 +48,7 @@ from loadtest.rundir import RunDir, claim_run_dir, create_run_dir
 
 log = logging.getLogger("loadtest")
 
+INCOMPLETE_EXIT_CODE = 3  # the run stopped early and its manifest says why (records lost, a worker lost)
 RUN_DIR_KEY = "loadtest_active_run_dir"  # set on the master's options; travels to workers with spawn messages
 
 PROCESS = LoadProcess()  # this process's state; one test at a time per process
@@ -51,6 +61,7 @@ class _Test:
     environment = None
     flusher: RecordFlusher | None = None
     finalizer: gevent.Greenlet | None = None
+    watcher: gevent.Greenlet | None = None  # master: notices workers that stop answering
     metrics_server = None
 
 
@@ -76,7 +87,10 @@ def _on_board_change(record: StageRecord) -> None:
 
 def _write_manifest_stages() -> None:
     if PROCESS.run is not None:
-        PROCESS.run.update_manifest(stages=PROCESS.board.stages_for_manifest())
+        try:
+            PROCESS.run.update_manifest(stages=PROCESS.board.stages_for_manifest())
+        except OSError as exc:  # a full disk: the final manifest (written from the reserved space) has them
+            PROCESS.warn_once("manifest-stages", "loadtest: cannot update the manifest's stages (%s)", exc.strerror or exc)
 
 
 def _on_stage_message(environment, msg, **_kw) -> None:
@@ -88,21 +102,76 @@ def _on_drivers_message(environment, msg, **_kw) -> None:
     PROCESS.board.drivers = int(msg.data["drivers"])
 
 
+# ---- records that cannot be written -----------------------------------------------------------
+def _records_failed(writer: RecordWriter) -> None:
+    """Rows cannot be written (a full disk): say it in one line and stop the test, rather than load the
+    server for a run whose records are lost. The final manifest marks the run incomplete with counts."""
+    if PROCESS.records_failure is not None:
+        return
+    PROCESS.records_failure = writer.failure
+    log.error("loadtest: records cannot be written (%s): stopping the test; %d rows recorded so far, %d not "
+              "recorded; the manifest marks the run incomplete", writer.failure, writer.rows_written,
+              writer.rows_lost)  # fmt: skip
+    if _TEST.environment is None or PROCESS.role == "worker":
+        return  # a worker's report tells the master, which stops the whole test
+    _stop_incomplete(_TEST.environment)
+
+
+def _stop_incomplete(environment) -> None:
+    environment.process_exit_code = INCOMPLETE_EXIT_CODE
+    runner = environment.runner
+    if runner is not None:
+        headless = bool(getattr(environment.parsed_options, "headless", False))
+        gevent.spawn_later(0, runner.quit if headless else runner.stop)
+
+
+# ---- lost workers ---------------------------------------------------------------------------
+WATCH_INTERVAL_S = 0.5
+
+
+def _watch_workers(environment) -> None:
+    """Master: a worker that stops answering mid-run (killed, crashed, OOM) is said loudly and stops the run.
+
+    Why stop rather than redistribute: Locust would respawn the lost worker's users elsewhere, but its
+    open-loop share of the schedule and its unflushed rows are gone; a run that silently measured less load
+    than asked is worse than one that says so. The manifest lists the lost worker (``workers_lost``), the
+    run is marked incomplete, and Locust exits 3 (``loadtest run`` prints the figures, then exits 3).
+    """
+    runner = environment.runner
+    while True:
+        gevent.sleep(WATCH_INTERVAL_S)
+        for client in list(runner.clients.missing):
+            if client.id in PROCESS.workers_lost:
+                continue
+            worker = PROCESS.worker_clients.get(client.id, client.id)
+            last = PROCESS.worker_reports.get(worker, {})
+            index = getattr(client, "index", None)
+            PROCESS.workers_lost[client.id] = {"worker": worker, "locust_id": client.id, "index": index,
+                                               "lost_at": time.time(), "rows_reported": last.get("rows", 0)}  # fmt: skip
+            log.error("loadtest: worker %s (index %s) stopped answering mid-run (killed or crashed): its share of "
+                      "the load is lost; stopping the run, which is marked incomplete (exit status %d)",
+                      worker, index, INCOMPLETE_EXIT_CODE)  # fmt: skip
+            _stop_incomplete(environment)
+
+
 # ---- metrics endpoint -----------------------------------------------------------------------
-def start_metrics_server(port: int) -> None:
-    """Serve this process's client metrics on ``port`` (a busy port is a warning, not a failed test)."""
+def start_metrics_server(port: int, address: str = "127.0.0.1") -> None:
+    """Serve this process's metrics; loopback unless ``--metrics-address`` opens it to the network.
+
+    A busy port is a warning, not a failed test.
+    """
     if _TEST.metrics_server is not None or port <= 0:
         return
     from gevent.pywsgi import WSGIServer
 
-    server = WSGIServer(("0.0.0.0", port), PROCESS.metrics.wsgi_app(), log=None, error_log=None)
+    server = WSGIServer((address, port), PROCESS.metrics.wsgi_app(), log=None, error_log=None)
     try:
         server.start()
     except OSError as exc:
         PROCESS.warn_once("metrics-port", "loadtest: metrics endpoint not started: port %d: %s", port, exc.strerror or exc)
         return
     _TEST.metrics_server = server
-    log.info("loadtest: Prometheus metrics of this process at http://0.0.0.0:%d/metrics", port)
+    log.info("loadtest: Prometheus metrics of this process at http://%s:%d/metrics", address, port)
 
 
 # ---- roles and shape selection --------------------------------------------------------------
@@ -167,6 +236,18 @@ def _wait_for_workers_on_quit(runner, extra_wait_s: float = 30.0) -> None:
     runner.quit = quit
 
 
+def hide_host_credentials(environment) -> None:
+    """Move ``--host``'s user-info out of the host (which Locust writes into locust.html and we into the
+    manifest) into this process's environment, where the Triton clients read it (``loadtest.credentials``)."""
+    clean, user_info = split_host(environment.host)
+    if user_info is None:
+        return
+    os.environ[URL_CREDENTIALS_ENV] = user_info
+    environment.host = clean
+    if environment.parsed_options is not None:
+        environment.parsed_options.host = clean
+
+
 def _select_workload(environment) -> None:
     """``--api`` set: only the LLM (generative) users run; unset: only the classifier users.
 
@@ -188,6 +269,7 @@ def _select_workload(environment) -> None:
 def on_init(environment, runner=None, **_kw) -> None:
     runner = runner or environment.runner
     _TEST.environment = environment
+    hide_host_credentials(environment)
     setattr(environment, ENVIRONMENT_ATTRIBUTE, PROCESS)
     PROCESS.role = _role(runner)
     PROCESS.worker = worker_id()  # after --processes forked: each worker has its own pid
@@ -221,7 +303,8 @@ def on_init(environment, runner=None, **_kw) -> None:
         # machine or container (--worker) keeps the base port, where Prometheus' discovery expects it.
         forked = bool(getattr(parsed, "processes", None))
         index = runner.worker_index if PROCESS.role == "worker" and forked else None
-        start_metrics_server(metrics_port_for(base_port, index))
+        address = str(getattr(parsed, "metrics_address", "") or "127.0.0.1")
+        start_metrics_server(metrics_port_for(base_port, index), "127.0.0.1" if address == "localhost" else address)
     _prepare_early(environment)
 
 
@@ -292,6 +375,7 @@ def _claim_run_dir(environment, options: LoadOptions) -> Path:
 @events.test_start.add_listener
 def on_test_start(environment, **_kw) -> None:
     _TEST.environment = environment
+    hide_host_credentials(environment)  # the web UI sets the host at start
     PROCESS.start_test(time.time())
     try:
         options = load_options(environment)
@@ -309,7 +393,9 @@ def on_test_start(environment, **_kw) -> None:
         return
     if PROCESS.role in ("local", "worker"):
         PROCESS.writer = RecordWriter(PROCESS.run.path, worker=PROCESS.worker)
-        _TEST.flusher = RecordFlusher(PROCESS.writer)
+        _TEST.flusher = RecordFlusher(PROCESS.writer, on_failure=_records_failed)
+    if PROCESS.role == "master" and _TEST.watcher is None:
+        _TEST.watcher = gevent.spawn(_watch_workers, environment)
     if PROCESS.role in ("local", "master"):
         if not PROCESS.board.history:  # no shape: the whole run is one stage
             PROCESS.board.publish(PROCESS.board.label, notify=False)
@@ -338,6 +424,9 @@ def on_test_stop(environment, **_kw) -> None:
 
 def _finalize_master(environment) -> None:
     wait_for_final_reports(environment, PROCESS)
+    if _TEST.watcher is not None:
+        _TEST.watcher.kill(block=False)
+        _TEST.watcher = None
     snapshot("stop")
     finalize_master(environment, PROCESS)
     PROCESS.board.reset()
@@ -354,10 +443,17 @@ def on_worker_report(client_id=None, data=None, **_kw) -> None:
     report = (data or {}).get("loadtest")
     if report and PROCESS.run is not None and report.get("run_dir") == str(PROCESS.run.path):
         PROCESS.worker_reports[report["worker"]] = report
+        PROCESS.worker_clients[client_id] = report["worker"]
+        failure = report.get("records_failure")
+        if failure and PROCESS.records_failure is None:
+            PROCESS.records_failure = failure
+            log.error("loadtest: worker %s cannot write records (%s): stopping the test; the manifest marks the "
+                      "run incomplete", report["worker"], failure)  # fmt: skip
+            _stop_incomplete(_TEST.environment)
 
 
 @events.quitting.add_listener
 def on_quitting(environment, **_kw) -> None:
     if _TEST.finalizer is not None:
-        _TEST.finalizer.join(timeout=10)
+        _TEST.finalizer.join(timeout=FINAL_REPORT_WAIT_S + (environment.stop_timeout or 0) + 10)
         _TEST.finalizer = None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from loadtest.errors import LoadtestError
 from loadtest.generative.settings import GenerationOptions
 from loadtest.generative.timing import itl_s
+from loadtest.load.backoff import CAP_S
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.context import LoadContext, build_context
 from loadtest.load.records import RECORD_KEY, RecordWriter, worker_id
@@ -52,6 +53,11 @@ class LoadProcess:
     late: Counter = field(default_factory=Counter)  # (model, stage) -> sends that left late
     offered: dict = field(default_factory=dict)  # open-loop driver number -> its requests/s per model
     unrecorded: int = 0  # requests completed after the writer closed (should stay 0)
+    records_failure: str | None = None  # why this process's rows could not be written (None: they were)
+    workers_lost: dict = field(default_factory=dict)  # master: Locust client id -> what is known of it when lost
+    worker_clients: dict = field(default_factory=dict)  # master: Locust client id -> our worker id
+    backoff_events: int = 0  # closed-loop waits after connection errors (loadtest.load.backoff)
+    backoff_seconds: float = 0.0
     worker_reports: dict = field(default_factory=dict)  # master: worker id -> latest loadtest report
     warned: set = field(default_factory=set)
     user_spawn_rate: float | None = None  # -r as given (None: shapes ramp each stage within a second)
@@ -113,6 +119,8 @@ class LoadProcess:
         self.run, self.writer = None, None
         self.started = when
         self.dropped, self.late, self.unrecorded = Counter(), Counter(), 0
+        self.backoff_events, self.backoff_seconds = 0, 0.0
+        self.records_failure, self.workers_lost, self.worker_clients = None, {}, {}
         self.worker_reports = {}
 
     def warn_once(self, key: str, message: str, *args) -> None:
@@ -164,6 +172,14 @@ class LoadProcess:
         for model in models:
             self.metrics.offered_rate.labels(model).set(total)
 
+    def count_backoff(self, delay_s: float, error: str | None) -> None:
+        """A closed-loop user waits ``delay_s`` after a connection error: counted, said once, never hidden."""
+        self.backoff_events += 1
+        self.backoff_seconds += delay_s
+        self.metrics.backoff_seconds.inc(delay_s)
+        self.warn_once("backoff", "loadtest: connection errors (%s): users back off (up to %.0f s) between attempts; "
+                       "counted in the manifest's 'backoff'", (error or "")[:160], CAP_S)  # fmt: skip
+
     def count_dropped(self, model: str, stage: str) -> None:
         self.dropped[(model, stage)] += 1
         self.metrics.dropped_sends.labels(model).inc()
@@ -175,10 +191,14 @@ class LoadProcess:
         return {
             "worker": self.worker,
             "run_dir": str(self.run.path) if self.run else None,
-            "rows": (writer.rows_written + writer.pending) if writer else 0,
+            "rows": (writer.rows_written + (0 if writer.failure else writer.pending)) if writer else 0,
             "dropped": nested_counts(self.dropped),
             "late": nested_counts(self.late),
             "unrecorded": self.unrecorded,
+            "backoff": {"events": self.backoff_events, "seconds": self.backoff_seconds},
+            "written": writer.rows_written if writer else 0,
+            "not_recorded": (writer.rows_lost + (writer.pending if writer.failure else 0)) if writer else 0,
+            "records_failure": writer.failure if writer else None,
             "final": final,
         }
 

@@ -40,4 +40,9 @@ def snapshot_metrics(run: RunDir | None, urls: Sequence[str | None], label: str,
     texts = [text for text in (fetch_text(u, warn) for u in urls) if text is not None]
     if not texts:
         return None
-    return write_snapshot(run.path, label, "\n".join(t.rstrip("\n") for t in texts) + "\n", when)
+    try:
+        return write_snapshot(run.path, label, "\n".join(t.rstrip("\n") for t in texts) + "\n", when)
+    except OSError as exc:  # a full disk: the analyzer then lacks this snapshot, and the log says why
+        if warn is not None:
+            warn(f"snapshot-write:{exc.errno}", f"loadtest: cannot write a metrics snapshot ({exc.strerror or exc})")
+        return None

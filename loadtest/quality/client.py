@@ -57,9 +57,14 @@ class TritonEvaluator:
     """A tritonclient connection that returns each model's logits for a set of encoded examples."""
 
     def __init__(self, host: str, timeout_s: float = 120.0):
-        self.host = host
-        self.endpoint = parse_endpoint(host)
-        self.protocol, self.address = self.endpoint.protocol, self.endpoint.address
+        from loadtest.credentials import grpc_client_tls, http_client_tls, load_credentials, split_host
+
+        clean, user_info = split_host(host)
+        self.host = clean  # what messages show: never the user-info
+        self.endpoint = parse_endpoint(clean)
+        self.protocol, self.address, self.ssl = self.endpoint.protocol, self.endpoint.address, self.endpoint.ssl
+        credentials = load_credentials(user_info)
+        self.headers = credentials.request_headers(self.protocol)
         self.timeout_s = timeout_s
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
@@ -68,13 +73,15 @@ class TritonEvaluator:
         self._module = client_module
         try:
             if self.protocol == "grpc":
-                self._client = client_module.InferenceServerClient(self.address, ssl=self.endpoint.ssl)
+                tls = grpc_client_tls(credentials) if self.ssl else {}
+                self._client = client_module.InferenceServerClient(self.address, **tls)
             else:
+                tls = http_client_tls(credentials) if self.ssl else {}
                 self._client = client_module.InferenceServerClient(
-                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s, ssl=self.endpoint.ssl
+                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s, **tls
                 )
         except Exception as exc:  # malformed address and the like
-            raise LoadtestError(f"cannot create a Triton client for {host}: {exc}") from None
+            raise LoadtestError(f"cannot create a Triton client for {self.host}: {exc}") from None
 
     def close(self) -> None:
         self._client.close()
@@ -91,13 +98,26 @@ class TritonEvaluator:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
-            raise LoadtestError(f"Triton at {self.host}: {what}: {exc.message() or exc}") from None
+            text = " ".join(str(exc.message() or exc).split())
+            if self.protocol == "grpc" and ("UNAVAILABLE" in text or "HTTP/2" in text):
+                raise LoadtestError(
+                    f"cannot reach Triton's gRPC at {self.host} ({what}: {text[:200]}); is it running, and is this its "
+                    "gRPC port (usually 8001, HTTP is 8000)?"
+                ) from None
+            raise LoadtestError(f"Triton at {self.host}: {what}: {text}") from None
         except (OSError, ConnectionError) as exc:
             raise LoadtestError(f"cannot reach Triton at {self.host} ({what}): {exc}") from None
+        except Exception as exc:  # e.g. HTTP spoken to the gRPC port: the answer is not HTTP at all
+            other = "gRPC (usually 8001)" if self.protocol == "http" else "HTTP (usually 8000)"
+            raise LoadtestError(
+                f"Triton at {self.host} did not answer {self.protocol.upper()} ({what}: {type(exc).__name__}); "
+                f"is this the {other} port? use http://HOST:8000 or grpc://HOST:8001"
+            ) from None
 
     def check_ready(self, names: list[str]) -> None:
         """Fail with one line when the server is down or a model is not loaded."""
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        kwargs["headers"] = self.headers
         if not self._call("is the server live?", self._client.is_server_live, **kwargs):
             raise LoadtestError(f"Triton at {self.host} is not live")
         for name in names:
@@ -183,10 +203,10 @@ class TritonEvaluator:
             inputs.append(tensor)
         if self.protocol == "grpc":
             outputs = [self._module.InferRequestedOutput(model.primary_output)]
-            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s, headers=self.headers)
         else:
             outputs = [self._module.InferRequestedOutput(model.primary_output, binary_data=True)]
-            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs)
+            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, headers=self.headers)
         out = response.as_numpy(model.primary_output)
         if out is None:
             raise LoadtestError(f"model '{model.name}' returned no '{model.primary_output}' output")
