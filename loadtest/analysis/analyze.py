@@ -517,5 +517,8 @@ def analyze_run(
             instance=instance, grid_g_per_kwh=grid_g_per_kwh,
         )
         analysis.baseline = compare_with_baseline(analysis, base)
+    from loadtest.analysis.reconcile import reconcile
+
+    analysis.notes.insert(0, reconcile(run_dir).line())  # every summary and report.html says what adds up
     write_outputs(analysis)
     return analysis

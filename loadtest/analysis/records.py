@@ -101,7 +101,9 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LoadtestError(f"{path}: the run's manifest is not UTF-8 JSON (a binary file?): restore it") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise LoadtestError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):

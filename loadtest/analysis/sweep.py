@@ -326,6 +326,7 @@ def run_sweep(
     """Sweep every model in turn with the same settings; write the sweep's run directory."""
     from rich.console import Console
 
+    from loadtest.credentials import redact_url
     from loadtest.load.rundir import RunDir, create_run_dir
 
     console = console or Console(stderr=True)
@@ -333,7 +334,7 @@ def run_sweep(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     rundir = RunDir(sweep_dir)
     base = {
-        "run_id": sweep_dir.name, "kind": "sweep", "scenario": "sweep", "host": target.host,
+        "run_id": sweep_dir.name, "kind": "sweep", "scenario": "sweep", "host": redact_url(target.host),
         "models": {"teacher": roles.get("teacher"), "student": roles.get("student"), "names": models},
         "sweep": dict(settings.model_dump(), budget_ms=settings.budget_ms, results={}),
         "start": time.time(), "end": None, "stages": [], "dropped": {},
@@ -421,10 +422,12 @@ class _Ticker:
         self._stop = threading.Event()
 
     def __enter__(self) -> "_Ticker":
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                 console=self.console, transient=True)
+        from loadtest.console import make_progress
+
+        self.progress = make_progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                      console=self.console, transient=True)
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=self.expected_s)
         started = time.monotonic()

@@ -9,8 +9,9 @@ Never imports Locust or gevent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from loadtest.credentials import Credentials, load_credentials, split_host
 from loadtest.errors import LoadtestError
 from loadtest.load.payloads import TOKENIZER_INPUTS, Payload, PayloadSpec, build_payloads
 from loadtest.load.settings import Endpoint, LoadOptions, parse_endpoint
@@ -38,6 +39,7 @@ class LoadContext:
     student: str | None = None
     model_payloads: dict | None = None  # model name -> tuple[Payload, ...]
     served: tuple = ()  # ServerModel per model, as the server described it
+    credentials: Credentials = field(default_factory=Credentials, repr=False)
 
     @property
     def model_names(self) -> list[str]:
@@ -93,6 +95,11 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenize
     from loadtest.repository import METADATA_FILE
 
     endpoint = parse_endpoint(host, options.protocol)
+    _, user_info = split_host(host)
+    credentials = load_credentials(
+        user_info, headers_file=options.headers_file or None, ca_file=options.ssl_ca_file or None,
+        cert_file=options.ssl_cert_file or None, key_file=options.ssl_key_file or None,
+    )  # fmt: skip
     repository = ModelRepository(options.repository_path)
     metadata = repository.read_metadata() if (repository.path / METADATA_FILE).is_file() else None
     settings = InputSettings(
@@ -113,6 +120,7 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenize
         wait_ready_s=options.wait_ready,
         timeout_s=min(options.request_timeout, 10.0),
         on_wait=on_wait,
+        credentials=credentials,
     )
     for model in checked.models:
         if model.decoupled:
@@ -153,7 +161,7 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenize
     return LoadContext(
         options, endpoint, specs, first, "; ".join(descriptions),
         _role(metadata, "teacher", checked.names), _role(metadata, "student", checked.names),
-        model_payloads, checked.models,
+        model_payloads, checked.models, credentials,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ dropped-send counts back with their stats reports.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import urllib.request
 from collections import Counter
@@ -26,8 +27,10 @@ from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 from tokenizers import Tokenizer  # noqa: F401  (loaded once, before --processes forks)
 
+from loadtest.credentials import URL_CREDENTIALS_ENV, split_host
 from loadtest.errors import LoadtestError
 from loadtest.load import options as _options  # noqa: F401  (registers the command-line options)
+from loadtest.load.backoff import CAP_S
 from loadtest.load.client_metrics import ClientMetrics, metrics_port_for
 from loadtest.load.context import LoadContext, build_context
 from loadtest.load.options import load_generation_options, load_options
@@ -38,6 +41,7 @@ from loadtest.load.stages import StageBoard, StageRecord
 
 log = logging.getLogger("loadtest")
 
+INCOMPLETE_EXIT_CODE = 3  # the run stopped early and its manifest says why (records lost, a worker lost)
 RUN_DIR_KEY = "loadtest_active_run_dir"  # set on the master's options; travels to workers with spawn messages
 STAGE_MESSAGE = "loadtest_stage"
 DRIVERS_MESSAGE = "loadtest_drivers"
@@ -65,6 +69,12 @@ class ProcessState:
     late: Counter = field(default_factory=Counter)  # (model, stage) -> sends that left late
     offered: dict = field(default_factory=dict)  # open-loop driver number -> its requests/s per model
     unrecorded: int = 0  # requests completed after the writer closed (should stay 0)
+    records_failure: str | None = None  # why this process's rows could not be written (None: they were)
+    workers_lost: dict = field(default_factory=dict)  # master: Locust client id -> what is known of it when lost
+    worker_clients: dict = field(default_factory=dict)  # master: Locust client id -> our worker id
+    watcher: gevent.Greenlet | None = None
+    backoff_events: int = 0  # closed-loop waits after connection errors (loadtest.load.backoff)
+    backoff_seconds: float = 0.0
     worker_reports: dict = field(default_factory=dict)  # master: worker id -> latest loadtest report
     warned: set = field(default_factory=set)
     metrics_server: object | None = None
@@ -139,7 +149,10 @@ def _on_board_change(record: StageRecord) -> None:
 
 def _write_manifest_stages() -> None:
     if STATE.run is not None:
-        STATE.run.update_manifest(stages=STATE.board.stages_for_manifest())
+        try:
+            STATE.run.update_manifest(stages=STATE.board.stages_for_manifest())
+        except OSError as exc:  # a full disk: the final manifest (written from the reserved space) has them
+            warn_once("manifest-stages", "loadtest: cannot update the manifest's stages (%s)", exc.strerror or exc)
 
 
 # ---- metrics snapshots ----------------------------------------------------------------------
@@ -172,25 +185,31 @@ def snapshot_metrics(label: str) -> Path | None:
     run.metrics_dir.mkdir(parents=True, exist_ok=True)
     path = run.metrics_dir / f"{stamp}-{safe_label(label)}.prom"
     tmp = run.metrics_dir / f".{path.name}.tmp"
-    tmp.write_text("\n".join(t.rstrip("\n") for t in texts) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text("\n".join(t.rstrip("\n") for t in texts) + "\n")
+        tmp.replace(path)
+    except OSError as exc:  # a full disk: the analyzer then lacks this snapshot, and the log says why
+        tmp.unlink(missing_ok=True)
+        warn_once(f"snapshot-write:{exc.errno}", "loadtest: cannot write a metrics snapshot (%s)", exc.strerror or exc)
+        return None
     return path
 
 
 # ---- metrics endpoint -----------------------------------------------------------------------
-def start_metrics_server(port: int) -> None:
+def start_metrics_server(port: int, address: str = "127.0.0.1") -> None:
+    """Serve this process's metrics; loopback unless ``--metrics-address`` opens it to the network."""
     if STATE.metrics_server is not None or port <= 0:
         return
     from gevent.pywsgi import WSGIServer
 
-    server = WSGIServer(("0.0.0.0", port), STATE.metrics.wsgi_app(), log=None, error_log=None)
+    server = WSGIServer((address, port), STATE.metrics.wsgi_app(), log=None, error_log=None)
     try:
         server.start()
     except OSError as exc:
         warn_once("metrics-port", "loadtest: metrics endpoint not started: port %d: %s", port, exc.strerror or exc)
         return
     STATE.metrics_server = server
-    log.info("loadtest: Prometheus metrics of this process at http://0.0.0.0:%d/metrics", port)
+    log.info("loadtest: Prometheus metrics of this process at http://%s:%d/metrics", address, port)
 
 
 # ---- records --------------------------------------------------------------------------------
@@ -204,6 +223,32 @@ def _flush_loop(writer: RecordWriter, stop: Event) -> None:
         rows = writer.drain()
         if rows:
             pool.apply(writer.write, (rows,))
+        if writer.failure is not None:
+            _records_failed(writer)
+            return
+
+
+def _records_failed(writer: RecordWriter) -> None:
+    """Rows cannot be written (a full disk): say it in one line and stop the test, rather than load the
+    server for a run whose records are lost. The final manifest marks the run incomplete with counts."""
+    if STATE.records_failure is not None:
+        return
+    STATE.records_failure = writer.failure
+    log.error("loadtest: records cannot be written (%s): stopping the test; %d rows recorded so far, %d not "
+              "recorded; the manifest marks the run incomplete", writer.failure, writer.rows_written,
+              writer.rows_lost)  # fmt: skip
+    environment = _ENV.get("environment")
+    if environment is None or STATE.role == "worker":
+        return  # a worker's report tells the master, which stops the whole test
+    _stop_incomplete(environment)
+
+
+def _stop_incomplete(environment) -> None:
+    environment.process_exit_code = INCOMPLETE_EXIT_CODE
+    runner = environment.runner
+    if runner is not None:
+        headless = bool(getattr(environment.parsed_options, "headless", False))
+        gevent.spawn_later(0, runner.quit if headless else runner.stop)
 
 
 @events.request.add_listener
@@ -239,6 +284,15 @@ def set_offered_rate(driver: int, models: list[str], rate: float | None) -> None
     total = sum(STATE.offered.values())
     for model in models:
         STATE.metrics.offered_rate.labels(model).set(total)
+
+
+def count_backoff(delay_s: float, error: str | None) -> None:
+    """A closed-loop user waits ``delay_s`` after a connection error: counted, said once, never hidden."""
+    STATE.backoff_events += 1
+    STATE.backoff_seconds += delay_s
+    STATE.metrics.backoff_seconds.inc(delay_s)
+    warn_once("backoff", "loadtest: connection errors (%s): users back off (up to %.0f s) between attempts; "
+              "counted in the manifest's 'backoff'", (error or "")[:160], CAP_S)  # fmt: skip
 
 
 def count_dropped(model: str, stage: str) -> None:
@@ -322,6 +376,18 @@ def _wait_for_workers_on_quit(runner, extra_wait_s: float = 30.0) -> None:
     runner.quit = quit
 
 
+def hide_host_credentials(environment) -> None:
+    """Move ``--host``'s user-info out of the host (which Locust writes into locust.html and we into the
+    manifest) into this process's environment, where the Triton clients read it (``loadtest.credentials``)."""
+    clean, user_info = split_host(environment.host)
+    if user_info is None:
+        return
+    os.environ[URL_CREDENTIALS_ENV] = user_info
+    environment.host = clean
+    if environment.parsed_options is not None:
+        environment.parsed_options.host = clean
+
+
 def _select_workload(environment) -> None:
     """``--api`` set: only the LLM (generative) users run; unset: only the classifier users.
 
@@ -343,6 +409,7 @@ def _select_workload(environment) -> None:
 def on_init(environment, runner=None, **_kw) -> None:
     runner = runner or environment.runner
     _ENV["environment"] = environment
+    hide_host_credentials(environment)
     STATE.role = _role(runner)
     STATE.worker = worker_id()  # after --processes forked: each worker has its own pid
     parsed = environment.parsed_options
@@ -374,7 +441,8 @@ def on_init(environment, runner=None, **_kw) -> None:
         # machine or container (--worker) keeps the base port, where Prometheus' discovery expects it.
         forked = bool(getattr(parsed, "processes", None))
         index = runner.worker_index if STATE.role == "worker" and forked else None
-        start_metrics_server(metrics_port_for(base_port, index))
+        address = str(getattr(parsed, "metrics_address", "") or "127.0.0.1")
+        start_metrics_server(metrics_port_for(base_port, index), "127.0.0.1" if address == "localhost" else address)
     _prepare_early(environment)
 
 
@@ -468,6 +536,7 @@ def _base_manifest(environment, options: LoadOptions) -> dict:
         },
         "host": environment.host,
         "protocol": STATE.context.endpoint.protocol if STATE.context else None,
+        "credentials": STATE.context.credentials.describe() if STATE.context else None,
         "models": _models_for_manifest(),
         "payloads": STATE.context.payload_description if STATE.context else None,
         "settings": options.settings(),
@@ -494,10 +563,13 @@ def _base_manifest(environment, options: LoadOptions) -> dict:
 @events.test_start.add_listener
 def on_test_start(environment, **_kw) -> None:
     _ENV["environment"] = environment
+    hide_host_credentials(environment)  # the web UI sets the host at start
     STATE.error = None
     STATE.run, STATE.writer = None, None
     STATE.started = time.time()
     STATE.dropped, STATE.late, STATE.unrecorded = Counter(), Counter(), 0
+    STATE.backoff_events, STATE.backoff_seconds = 0, 0.0
+    STATE.records_failure, STATE.workers_lost, STATE.worker_clients = None, {}, {}
     STATE.worker_reports = {}
     try:
         options = load_options(environment)
@@ -526,6 +598,8 @@ def on_test_start(environment, **_kw) -> None:
         STATE.writer = RecordWriter(STATE.run.path, worker=STATE.worker)
         STATE.flusher_stop = Event()
         STATE.flusher = gevent.spawn(_flush_loop, STATE.writer, STATE.flusher_stop)
+    if STATE.role == "master" and STATE.watcher is None:
+        STATE.watcher = gevent.spawn(_watch_workers, environment)
     if STATE.role in ("local", "master"):
         if not STATE.board.history:  # no shape: the whole run is one stage
             STATE.board.publish(STATE.board.label, notify=False)
@@ -582,10 +656,14 @@ def _report(final: bool) -> dict:
     return {
         "worker": STATE.worker,
         "run_dir": str(STATE.run.path) if STATE.run else None,
-        "rows": (writer.rows_written + writer.pending) if writer else 0,
+        "rows": (writer.rows_written + (0 if writer.failure else writer.pending)) if writer else 0,
         "dropped": _nested(STATE.dropped),
         "late": _nested(STATE.late),
         "unrecorded": STATE.unrecorded,
+        "backoff": {"events": STATE.backoff_events, "seconds": STATE.backoff_seconds},
+        "written": writer.rows_written if writer else 0,
+        "not_recorded": (writer.rows_lost + (writer.pending if writer.failure else 0)) if writer else 0,
+        "records_failure": writer.failure if writer else None,
         "final": final,
     }
 
@@ -601,6 +679,58 @@ def on_worker_report(client_id=None, data=None, **_kw) -> None:
     report = (data or {}).get("loadtest")
     if report and STATE.run is not None and report.get("run_dir") == str(STATE.run.path):
         STATE.worker_reports[report["worker"]] = report
+        STATE.worker_clients[client_id] = report["worker"]
+        failure = report.get("records_failure")
+        if failure and STATE.records_failure is None:
+            STATE.records_failure = failure
+            log.error("loadtest: worker %s cannot write records (%s): stopping the test; the manifest marks the "
+                      "run incomplete", report["worker"], failure)  # fmt: skip
+            _stop_incomplete(_ENV["environment"])
+
+
+# ---- lost workers ---------------------------------------------------------------------------
+WATCH_INTERVAL_S = 0.5
+
+
+def _watch_workers(environment) -> None:
+    """Master: a worker that stops answering mid-run (killed, crashed, OOM) is said loudly and stops the run.
+
+    Why stop rather than redistribute: Locust would respawn the lost worker's users elsewhere, but its
+    open-loop share of the schedule and its unflushed rows are gone; a run that silently measured less load
+    than asked is worse than one that says so. The manifest lists the lost worker (``workers_lost``), the
+    run is marked incomplete, and Locust exits 3 (``loadtest run`` prints the figures, then exits 3).
+    """
+    runner = environment.runner
+    while True:
+        gevent.sleep(WATCH_INTERVAL_S)
+        for client in list(runner.clients.missing):
+            if client.id in STATE.workers_lost:
+                continue
+            worker = STATE.worker_clients.get(client.id, client.id)
+            last = STATE.worker_reports.get(worker, {})
+            index = getattr(client, "index", None)
+            STATE.workers_lost[client.id] = {"worker": worker, "locust_id": client.id, "index": index,
+                                             "lost_at": time.time(), "rows_reported": last.get("rows", 0)}  # fmt: skip
+            log.error("loadtest: worker %s (index %s) stopped answering mid-run (killed or crashed): its share of "
+                      "the load is lost; stopping the run, which is marked incomplete (exit status %d)",
+                      worker, index, INCOMPLETE_EXIT_CODE)  # fmt: skip
+            _stop_incomplete(environment)
+
+
+def _rows_on_disk(worker: str) -> int:
+    """Rows in a worker's completed shards (what survives of a worker that vanished)."""
+    import pyarrow.parquet as pq
+
+    from loadtest.load.records import shard_paths
+
+    total = 0
+    for path in shard_paths(STATE.run.path):
+        if path.name.startswith(f"{worker}-"):
+            try:
+                total += pq.read_metadata(path).num_rows
+            except Exception:  # a torn shard: the analyzer reports it
+                pass
+    return total
 
 
 def _locust_totals(environment) -> dict:
@@ -624,30 +754,56 @@ def _serving_memory() -> dict:
 def _finalize(environment) -> None:
     """Local: final snapshot and manifest (every row is written by now)."""
     snapshot_metrics("stop")
-    rows = STATE.writer.rows_written if STATE.writer else 0
+    writer = STATE.writer
+    rows = writer.rows_written if writer else 0
+    records = {"rows": rows, "workers": {STATE.worker: rows}}
+    if writer is not None and writer.failure:
+        records.update(not_recorded=writer.rows_lost + STATE.unrecorded, incomplete_reason=writer.failure)
     STATE.run.update_manifest(
         end=time.time(),
+        complete=not (writer is not None and writer.failure),
         serving_footprint=_serving_memory(),
         stages=STATE.board.stages_for_manifest(),
-        records={"rows": rows, "workers": {STATE.worker: rows}},
+        records=records,
         dropped=_nested(STATE.dropped),
         late=_nested(STATE.late),
         unrecorded=STATE.unrecorded,
+        backoff={"events": STATE.backoff_events, "seconds": round(STATE.backoff_seconds, 3)},
         locust=dict(STATE.run.read_manifest().get("locust", {}), **_locust_totals(environment)),
     )
     _end_test()
 
 
-def _finalize_master(environment, wait_s: float = 3.0) -> None:
-    """Master: wait briefly for every worker's final report, then snapshot and write the manifest."""
-    deadline = time.monotonic() + wait_s
+FINAL_REPORT_WAIT_S = 30.0
+
+
+def _finalize_master(environment, wait_s: float = FINAL_REPORT_WAIT_S) -> None:
+    """Master: wait for every worker's final report, then snapshot and write the manifest.
+
+    Workers stopped by a signal (SIGTERM to ``loadtest run``) can take seconds on a busy machine to finish
+    their in-flight requests; their final report carries their last rows and Locust's last stats, so the
+    manifest waits for it (up to ``wait_s`` beyond the stop timeout) rather than record stale counts.
+    """
+    deadline = time.monotonic() + wait_s + (environment.stop_timeout or 0)
     while time.monotonic() < deadline:
-        reports = STATE.worker_reports.values()
-        if reports and all(r.get("final") for r in reports) and len(reports) >= len(environment.runner.clients):
+        lost = {w["worker"] for w in STATE.workers_lost.values()}
+        reports = [r for worker, r in STATE.worker_reports.items() if worker not in lost]
+        alive = len(environment.runner.clients) - len(environment.runner.clients.missing)
+        if reports and all(r.get("final") for r in reports) and len(reports) >= alive:
             break
         gevent.sleep(0.05)
+    if STATE.watcher is not None:
+        STATE.watcher.kill(block=False)
+        STATE.watcher = None
     snapshot_metrics("stop")
     reports = dict(STATE.worker_reports)
+    lost_workers = list(STATE.workers_lost.values())
+    for info in lost_workers:  # its last report is stale: count what reached the disk
+        info["rows_on_disk"] = _rows_on_disk(info["worker"])
+        if info["worker"] in reports:
+            reports[info["worker"]] = dict(reports[info["worker"]], rows=info["rows_on_disk"])
+    failures = [r.get("records_failure") for r in reports.values() if r.get("records_failure")]
+    not_recorded = sum(r.get("not_recorded", 0) for r in reports.values())
     dropped: dict = {}
     late: dict = {}
     for report in reports.values():
@@ -657,12 +813,17 @@ def _finalize_master(environment, wait_s: float = 3.0) -> None:
         end=time.time(),
         serving_footprint=_serving_memory(),
         stages=STATE.board.stages_for_manifest(),
+        complete=not (failures or lost_workers),
+        workers_lost=lost_workers,
         records={"rows": sum(r.get("rows", 0) for r in reports.values()),
                  "workers": {w: r.get("rows", 0) for w, r in reports.items()},
-                 "all_final": all(r.get("final") for r in reports.values())},
+                 "all_final": all(r.get("final") for r in reports.values()),
+                 **({"not_recorded": not_recorded, "incomplete_reason": failures[0]} if failures else {})},
         dropped=dropped,
         late=late,
         unrecorded=sum(r.get("unrecorded", 0) for r in reports.values()),
+        backoff={"events": sum(r.get("backoff", {}).get("events", 0) for r in reports.values()),
+                 "seconds": round(sum(r.get("backoff", {}).get("seconds", 0.0) for r in reports.values()), 3)},
         locust=dict(STATE.run.read_manifest().get("locust", {}), **_locust_totals(environment)),
     )  # fmt: skip
     _end_test()
@@ -676,5 +837,5 @@ def _end_test() -> None:
 @events.quitting.add_listener
 def on_quitting(environment, **_kw) -> None:
     if STATE.finalizer is not None:
-        STATE.finalizer.join(timeout=10)
+        STATE.finalizer.join(timeout=FINAL_REPORT_WAIT_S + (environment.stop_timeout or 0) + 10)
         STATE.finalizer = None

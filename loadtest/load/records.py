@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 RECORDS_DIR = "records"
 FLUSH_INTERVAL_S = 1.0
+RESERVE_BYTES = 64 * 1024  # per process: room for the final manifest and last snapshot on a full disk
 
 SCHEMA = pa.schema(
     [
@@ -114,9 +115,17 @@ class RecordWriter:
     gevent, call ``drain()`` in the event loop and ``write(rows)`` in a real thread instead.
     """
 
-    def __init__(self, run_dir: Path | str, worker: str | None = None, interval: float = FLUSH_INTERVAL_S):
+    def __init__(self, run_dir: Path | str, worker: str | None = None, interval: float = FLUSH_INTERVAL_S,
+                 reserve_bytes: int = RESERVE_BYTES):  # fmt: skip
         self.directory = Path(run_dir) / RECORDS_DIR
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.failure: str | None = None  # why rows could not be written (a full disk): then they are counted
+        self.rows_lost = 0
+        self.reserve = self.directory / f".reserve-{worker or worker_id()}"
+        try:  # room kept for the final manifest should the disk fill up (released by release_reserve)
+            self.reserve.write_bytes(b"\0" * reserve_bytes)
+        except OSError:
+            self.reserve.unlink(missing_ok=True)
         self.worker = worker or worker_id()
         self.interval = interval
         self._rows: list[Record] = []
@@ -148,12 +157,23 @@ class RecordWriter:
         """
         if not rows:
             return None
+        if self.failure is not None:  # once a write failed, later rows are counted, not half-written
+            self.rows_lost += len(rows)
+            return None
         table = rows_to_table(rows)
-        self._seq += 1
-        path = self.directory / f"{self.worker}-{self._seq:06d}.parquet"
+        path = self.directory / f"{self.worker}-{self._seq + 1:06d}.parquet"
         tmp = self.directory / f".{path.name}.tmp"
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk, a read-only remount, a quota: stop writing, count what is lost
+            tmp.unlink(missing_ok=True)
+            reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+            self.failure = f"{reason} writing {self.directory}"
+            self.rows_lost += len(rows)
+            self.release_reserve()
+            return None
+        self._seq += 1
         self.rows_written += len(rows)
         self.shards.append(path)
         return path
@@ -179,7 +199,15 @@ class RecordWriter:
             self._thread = None
         self.flush()
         self.closed = True
+        self.release_reserve()
         return self.rows_written
+
+    def release_reserve(self) -> None:
+        """Free the space kept for the end of the run (the manifest must be writable on a full disk)."""
+        try:
+            self.reserve.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def shard_paths(run_dir: Path | str) -> list[Path]:

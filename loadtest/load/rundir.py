@@ -45,7 +45,7 @@ def create_run_dir(results_dir: Path | str, kind: str, when: float | None = None
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LoadtestError(f"cannot create results directory {root}: {exc.strerror}") from None
+        raise LoadtestError(f"cannot create results directory {root}: {exc.strerror}; pick a writable --results-dir") from None
     base = new_run_id(kind, when)
     for n in range(1, 10_000):
         path = root / (base if n == 1 else f"{base}-{n}")
@@ -53,6 +53,8 @@ def create_run_dir(results_dir: Path | str, kind: str, when: float | None = None
             path.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise LoadtestError(f"cannot create a run directory in {root}: {exc.strerror}; pick a writable --results-dir") from None
         return path
     raise LoadtestError(f"too many runs named {base} in {root}")
 
@@ -112,11 +114,21 @@ class RunDir:
     def read_manifest(self) -> dict:
         if not self.manifest_path.is_file():
             return {}
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise LoadtestError(f"{self.manifest_path} is not a loadtest manifest (not UTF-8 JSON: {exc}); "
+                                "restore it or point at another run directory") from None  # fmt: skip
+        if not isinstance(manifest, dict):
+            raise LoadtestError(f"{self.manifest_path} is not a loadtest manifest (a JSON object is expected)")
+        return manifest
 
     def write_manifest(self, manifest: dict) -> Path:
+        """Write atomically; any URL user-info (``scheme://user:password@``) is scrubbed on the way out."""
+        from loadtest.credentials import scrub
+
         tmp = self.path / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(scrub(json.dumps(manifest, indent=2, sort_keys=False, default=str), None) + "\n")
         os.replace(tmp, self.manifest_path)
         return self.manifest_path
 

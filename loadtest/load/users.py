@@ -33,6 +33,7 @@ from locust.user.task import LOCUST_STATE_STOPPING
 from locust.exception import StopUser
 
 from loadtest.load import lifecycle
+from loadtest.load.backoff import Backoff, is_connection_error
 from loadtest.load.clock import CLOCK
 from loadtest.load.triton_client import TritonClient
 
@@ -40,6 +41,10 @@ log = logging.getLogger("loadtest")
 _USER_NUMBERS = itertools.count()
 _DRIVER_NUMBERS = itertools.count()
 DRIVER_POLL_S = 0.05  # how often a waiting driver or send re-checks the stage board
+# Sends waiting for a slot, per model and driver, as a multiple of --max-in-flight: beyond it a due send is
+# dropped (and counted) at once instead of becoming one more waiting greenlet. Bounds the driver's memory
+# whatever the rate and however long the server stalls.
+QUEUED_SENDS_PER_SLOT = 4
 
 
 def _start_client(user: User, concurrency: int) -> tuple[TritonClient, dict]:
@@ -55,6 +60,7 @@ def _start_client(user: User, concurrency: int) -> tuple[TritonClient, dict]:
         concurrency=concurrency,
         timeout_s=context.options.request_timeout,
         metrics=lifecycle.STATE.metrics,
+        credentials=context.credentials,
     )
     return client, lifecycle.prepared_requests(context.endpoint.protocol)
 
@@ -119,6 +125,7 @@ class TritonUser(User):
                 self._send_to_all(stage)
         finally:
             self._in_request = False
+        self._back_off_if_unreachable()
 
     def _send_to_all(self, stage: str) -> None:
         index = self._next_index()
@@ -128,6 +135,17 @@ class TritonUser(User):
         except GreenletExit:  # stopped meanwhile: let both answers arrive and be recorded first
             gevent.joinall(sends)
             raise
+
+    def _back_off_if_unreachable(self) -> None:
+        """After a connection error, wait (exponential, counted); the next success resets it."""
+        error = getattr(self.client, "last_error", None)
+        backoff = self.__dict__.setdefault("backoff", Backoff())
+        if not is_connection_error(error):
+            backoff.reset()
+            return
+        delay = backoff.delay()
+        lifecycle.count_backoff(delay, error)
+        gevent.sleep(delay)
 
 
 class ABTritonUser(TritonUser):
@@ -156,6 +174,7 @@ class OpenLoopUser(User):
         self.rng = np.random.default_rng([self.options.seed, worker_index, self.number])
         self.cursor = int(self.rng.integers(self.n_payloads))
         self.slots = {m: BoundedSemaphore(self.options.max_in_flight) for m in self.models}
+        self.queue_limit = self.options.max_in_flight * (1 + QUEUED_SENDS_PER_SLOT) * len(self.models)
         self.sends = Group()
         self.stopping = False
 
@@ -214,12 +233,21 @@ class OpenLoopUser(User):
                     continue
                 now = CLOCK.now()
                 if now < next_t:
+                    # refresh the loop's cached clock first: a timer counts from it, and a stale one
+                    # (after a busy iteration) makes the send leave late by however stale it was
+                    gevent.get_hub().loop.update_now()
                     gevent.sleep(min(next_t - now, DRIVER_POLL_S))
                     continue
                 while next_t <= now:  # everything due, even if this loop woke late: never skip a send
                     index = self.cursor
                     self.cursor = (self.cursor + 1) % self.n_payloads
                     for model in self.models:
+                        if len(self.sends) >= self.queue_limit:  # in flight + waiting: capped, never unbounded
+                            lifecycle.count_dropped(model, stage)
+                            lifecycle.warn_once("queue-full", "loadtest: open-loop sends are dropped (and counted): "
+                                                "%d already in flight or waiting; the server cannot keep up with "
+                                                "the rate (raise --max-in-flight or lower the rate)", self.queue_limit)
+                            continue
                         self.sends.spawn(self._send, model, self.requests[model][index], next_t, stage, version)
                     next_t += self._gap(rate)
         except GreenletExit:

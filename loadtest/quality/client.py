@@ -88,22 +88,38 @@ def served_model(model) -> ServedModel:
 
 
 def parse_host(host: str) -> tuple[str, str]:
-    """``http://h:p`` / ``grpc://h:p`` / ``h:p`` -> (protocol, "h:p")."""
+    """``http(s)://h:p`` / ``grpc(s)://h:p`` / ``h:p`` -> (protocol, "h:p"); user-info is dropped (see credentials)."""
+    from loadtest.credentials import redact_url
+
+    shown = redact_url(host)
     parsed = urlparse(host if "://" in host else f"http://{host}")
-    if parsed.scheme not in ("http", "grpc"):
-        raise LoadtestError(f"--host {host!r}: use http://HOST:PORT (or grpc://HOST:PORT)")
-    if not parsed.hostname:
-        raise LoadtestError(f"--host {host!r} names no host")
-    port = parsed.port or (8001 if parsed.scheme == "grpc" else 8000)
-    return parsed.scheme, f"{parsed.hostname}:{port}"
+    if parsed.scheme not in ("http", "https", "grpc", "grpcs"):
+        raise LoadtestError(f"--host {shown!r}: use http://HOST:PORT (or https://, grpc://, grpcs://)")
+    try:
+        hostname, port = parsed.hostname, parsed.port
+    except ValueError:
+        raise LoadtestError(f"--host {shown!r} has an invalid port: use a number 1-65535") from None
+    if not hostname:
+        raise LoadtestError(f"--host {shown!r} names no host")
+    if port == 0:
+        raise LoadtestError(f"--host {shown!r}: port 0 cannot be connected to: use a number 1-65535")
+    protocol = "grpc" if parsed.scheme.startswith("grpc") else "http"
+    port = port or (8001 if protocol == "grpc" else 8000)
+    return protocol, f"{hostname}:{port}"
 
 
 class TritonEvaluator:
     """A tritonclient connection that returns each model's logits for a set of encoded examples."""
 
     def __init__(self, host: str, timeout_s: float = 120.0):
-        self.host = host
-        self.protocol, self.address = parse_host(host)
+        from loadtest.credentials import grpc_client_tls, http_client_tls, load_credentials, split_host
+
+        clean, user_info = split_host(host)
+        self.host = clean  # what messages show: never the user-info
+        self.protocol, self.address = parse_host(clean)
+        self.ssl = urlparse(clean if "://" in clean else f"//{clean}").scheme in ("https", "grpcs")
+        credentials = load_credentials(user_info)
+        self.headers = credentials.request_headers(self.protocol)
         self.timeout_s = timeout_s
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
@@ -112,13 +128,15 @@ class TritonEvaluator:
         self._module = client_module
         try:
             if self.protocol == "grpc":
-                self._client = client_module.InferenceServerClient(self.address)
+                tls = grpc_client_tls(credentials) if self.ssl else {}
+                self._client = client_module.InferenceServerClient(self.address, **tls)
             else:
+                tls = http_client_tls(credentials) if self.ssl else {}
                 self._client = client_module.InferenceServerClient(
-                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s
+                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s, **tls
                 )
         except Exception as exc:  # malformed address and the like
-            raise LoadtestError(f"cannot create a Triton client for {host}: {exc}") from None
+            raise LoadtestError(f"cannot create a Triton client for {self.host}: {exc}") from None
 
     def close(self) -> None:
         self._client.close()
@@ -135,13 +153,26 @@ class TritonEvaluator:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
-            raise LoadtestError(f"Triton at {self.host}: {what}: {exc.message() or exc}") from None
+            text = " ".join(str(exc.message() or exc).split())
+            if self.protocol == "grpc" and ("UNAVAILABLE" in text or "HTTP/2" in text):
+                raise LoadtestError(
+                    f"cannot reach Triton's gRPC at {self.host} ({what}: {text[:200]}); is it running, and is this its "
+                    "gRPC port (usually 8001, HTTP is 8000)?"
+                ) from None
+            raise LoadtestError(f"Triton at {self.host}: {what}: {text}") from None
         except (OSError, ConnectionError) as exc:
             raise LoadtestError(f"cannot reach Triton at {self.host} ({what}): {exc}") from None
+        except Exception as exc:  # e.g. HTTP spoken to the gRPC port: the answer is not HTTP at all
+            other = "gRPC (usually 8001)" if self.protocol == "http" else "HTTP (usually 8000)"
+            raise LoadtestError(
+                f"Triton at {self.host} did not answer {self.protocol.upper()} ({what}: {type(exc).__name__}); "
+                f"is this the {other} port? use http://HOST:8000 or grpc://HOST:8001"
+            ) from None
 
     def check_ready(self, names: list[str]) -> None:
         """Fail with one line when the server is down or a model is not loaded."""
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        kwargs["headers"] = self.headers
         if not self._call("is the server live?", self._client.is_server_live, **kwargs):
             raise LoadtestError(f"Triton at {self.host} is not live")
         for name in names:
@@ -227,10 +258,10 @@ class TritonEvaluator:
             inputs.append(tensor)
         if self.protocol == "grpc":
             outputs = [self._module.InferRequestedOutput(model.output)]
-            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s, headers=self.headers)
         else:
             outputs = [self._module.InferRequestedOutput(model.output, binary_data=True)]
-            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs)
+            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, headers=self.headers)
         out = response.as_numpy(model.output)
         if out is None:
             raise LoadtestError(f"model '{model.name}' returned no '{model.output}' output")

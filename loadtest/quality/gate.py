@@ -89,8 +89,8 @@ class _Rule(BaseModel):
 class ThresholdRule(_Rule):
     """``min``/``max`` on a figure; ``ratio: true`` applies them to student / teacher instead."""
 
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
     ratio: bool = Field(False, description="compare student / teacher rather than the model's own value")
 
     @model_validator(mode="after")
@@ -105,8 +105,8 @@ class ThresholdRule(_Rule):
 class RegressionRule(_Rule):
     """Fails when the figure is worse than the baseline run's by more than the allowance."""
 
-    max_worsening: float | None = Field(None, ge=0, description="allowed worsening, in the metric's own units")
-    max_worsening_pct: float | None = Field(None, ge=0, description="allowed worsening, % of the baseline value")
+    max_worsening: float | None = Field(None, ge=0, allow_inf_nan=False, description="allowed worsening, in the metric's own units")
+    max_worsening_pct: float | None = Field(None, ge=0, allow_inf_nan=False, description="allowed worsening, % of the baseline value")
 
     @model_validator(mode="after")
     def _direction(self):
@@ -138,7 +138,9 @@ def load_policy(path: Path | str) -> GatePolicy:
     if not path.is_file():
         raise LoadtestError(f"gate policy {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LoadtestError(f"gate policy {path} is not UTF-8 text: give the YAML policy itself") from None
     except yaml.YAMLError as exc:
         raise LoadtestError(f"gate policy {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:

@@ -100,7 +100,9 @@ def read_summary(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LoadtestError(f"{path} is not UTF-8 JSON (a binary file?): rerun `loadtest eval`") from None
     except json.JSONDecodeError as exc:
         raise LoadtestError(f"{path} is not valid JSON: {exc}") from None
 
