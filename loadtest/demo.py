@@ -54,12 +54,12 @@ class DemoOptions:
 
 def run_demo(options: DemoOptions, console=None) -> Path:
     """Run the demo and return its run directory."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from exporters.pipeline import export_pair
-    from loadtest.console import output_console
+    from loadtest.console import make_progress, output_console
     from loadtest.demopair.build import DemoSettings, build_or_reuse
-    from loadtest.load.rundir import create_run_dir
+    from loadtest.rundir import create_run_dir
     from loadtest.repository import TritonModelSettings
     from loadtest.serving import EmbeddedTriton, ServerPorts
 
@@ -69,7 +69,7 @@ def run_demo(options: DemoOptions, console=None) -> Path:
 
     # 1. the pair
     settings = DemoSettings.quick() if options.quick else DemoSettings()
-    with Progress(*columns, console=console, transient=False) as progress:
+    with make_progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("demo pair", total=1.0, note="")
         pair = build_or_reuse(
             settings,
@@ -84,7 +84,7 @@ def run_demo(options: DemoOptions, console=None) -> Path:
         max_queue_delay_us=options.max_queue_delay_us,
         instance_count=options.instance_count,
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with make_progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("export + parity", total=1.0, note="")
         report = export_pair(
             pair.teacher_dir,
@@ -162,16 +162,17 @@ def _sweep(options: DemoOptions, server, run_dir: Path, console) -> None:
 
 def _drive_steps(options: DemoOptions, server, run_dir: Path, console) -> None:
     """Open-loop A/B steps: teacher and student get the same requests at the same intended times."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
+    from loadtest.console import make_progress
     from loadtest.load.runner import run_locust
 
     host = server.http_url if options.protocol == "http" else server.grpc_url
     step = options.step_seconds + options.warmup_seconds
     stages = ",".join(f"{step:g}s:{rate:g}:{rate:g}rps" for rate in options.rates)
     total = step * len(options.rates)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
-                  TimeElapsedColumn(), console=console) as progress:
+    with make_progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[note]}"),
+                       TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("open-loop load, both models", total=total, note=stages)
         started, done = time.monotonic(), threading.Event()
 
@@ -217,6 +218,7 @@ def demo(
 
     About 7 minutes on 2 CPU cores (3 of them building the pair, cached for the next run); --quick: under 2.
     """
+    from loadtest import bounds
     from loadtest.errors import LoadtestError
 
     if generative:
@@ -229,12 +231,24 @@ def demo(
         overrides = dict(repository=repo if repo != Path("model_repository") else Path("model_repository_gen"),
                          results=results, cache_dir=cache_dir, ttft_ms=objective.ttft_ms, itl_ms=objective.itl_ms,
                          quality=not no_quality)
+        bounds.check_number("--step-seconds", step_seconds, 0, bounds.MAX_RUN_TIME_S, low_open=True, unit="s")
+        bounds.check_writable_dir("--results", results)
         if step_seconds:
             overrides["step_seconds"] = step_seconds
         run_generative_demo(GenDemoOptions.quick_preset(**overrides) if quick else GenDemoOptions(**overrides))
         return
     if protocol not in ("http", "grpc"):
         raise LoadtestError(f"--protocol must be http or grpc, not {protocol!r}")
+    for value in rate or ():
+        bounds.check_number("--rate", value, 0, bounds.MAX_ARRIVAL_RATE, low_open=True)
+    bounds.check_number("--step-seconds", step_seconds, 0, bounds.MAX_RUN_TIME_S, low_open=True, unit="s")
+    bounds.check_number("--sweep-start", sweep_start, 0, bounds.MAX_ARRIVAL_RATE, low_open=True, unit="req/s")
+    bounds.check_number("--budget-ms", budget_ms, 0, bounds.MAX_BUDGET_MS, low_open=True, unit="ms")
+    bounds.check_number("--percentile", percentile, 0, 100, low_open=True)
+    if percentile >= 100:
+        raise LoadtestError(f"--percentile must be below 100, got {percentile:g}")
+    bounds.check_writable_dir("--results", results)
+    bounds.check_writable_dir("--repo", repo.parent if repo.parent != Path("") else Path("."))
     overrides = dict(repository=repo, results=results, cache_dir=cache_dir, protocol=protocol, budget_ms=budget_ms,
                      percentile=percentile, quality=not no_quality, sweep_start=sweep_start)
     if rate:

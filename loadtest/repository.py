@@ -159,6 +159,21 @@ def tensor_specs(tensors) -> list[TensorSpec]:
     return [TensorSpec(t.name, TRITON_TO_NUMPY[t.data_type], tuple(t.dims)) for t in tensors]
 
 
+def read_text(path: Path, what: str) -> str:
+    """A repository file as UTF-8 text, or one line saying it is not (a binary file copied by mistake)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise LoadtestError(f"{path} ({what}) is not UTF-8 text: replace it with the text file") from None
+
+
+def read_json(path: Path, what: str):
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as exc:
+        raise LoadtestError(f"{path} ({what}) is not valid JSON: {exc}") from None
+
+
 class ModelRepository:
     """A Triton model repository on disk, with loadtest's metadata beside the models."""
 
@@ -189,7 +204,7 @@ class ModelRepository:
             raise LoadtestError(f"model '{name}' in {self.path} has no {CONFIG_FILE}")
         config = mc.ModelConfig()
         try:
-            text_format.Parse(path.read_text(), config)
+            text_format.Parse(read_text(path, "Triton model config"), config)
         except text_format.ParseError as exc:
             raise LoadtestError(f"{path} is not a valid Triton model config: {exc}") from None
         if not config.name:
@@ -213,7 +228,7 @@ class ModelRepository:
         if not path.is_file():
             raise LoadtestError(f"{self.path} has no {METADATA_FILE}: export models into it with `loadtest export`")
         try:
-            return RepositoryMetadata.model_validate_json(path.read_text())
+            return RepositoryMetadata.model_validate_json(read_text(path, "repository metadata"))
         except ValidationError as exc:
             first = exc.errors()[0]
             raise LoadtestError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
@@ -237,11 +252,19 @@ class ModelRepository:
         metadata = self.read_metadata()
         if not (self.path / metadata.tokenizer).is_file():
             raise LoadtestError(f"{self.path} has no tokenizer file {metadata.tokenizer}")
-        return FastTokenizer.from_directory(self.path, metadata.tokenizer, metadata.max_sequence_length)
+        try:
+            return FastTokenizer.from_directory(self.path, metadata.tokenizer, metadata.max_sequence_length)
+        except LoadtestError:
+            raise
+        except Exception as exc:  # the tokenizers library's own error type is not exported
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise LoadtestError(f"{self.path / metadata.tokenizer} is not a valid tokenizer file ({first[:160]}); "
+                                "re-export the repository "
+                                "with `loadtest export`") from None  # fmt: skip
 
     def read_manifest(self) -> dict:
         path = self.path / MANIFEST_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_json(path, "export manifest") if path.is_file() else {}
 
     def write_manifest(self, manifest: dict) -> Path:
         self.path.mkdir(parents=True, exist_ok=True)

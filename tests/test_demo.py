@@ -116,3 +116,12 @@ def test_default_demo_sweeps_both_models(tmp_path):
     for model in ("teacher", "student"):
         assert capacity.loc[model, "qps_at_budget"] > 0
         assert pd.notna(capacity.loc[model, "load_high"]), "the sweep must find where the budget breaks"
+
+
+def test_quick_demo_shows_progress_and_reconciles_when_piped(quick_demo):
+    """Captured output is not a terminal (as in `make demo | tee log`): progress still prints, line by line."""
+    _run_dir, proc = quick_demo
+    pair_lines = [line for line in proc.stdout.splitlines() if line.startswith("demo pair:")]
+    assert len(pair_lines) >= 3, proc.stdout[:3000]  # the build's stages, not one final line
+    assert any(line.startswith("export + parity:") for line in proc.stdout.splitlines())
+    assert "reconciliation: records" in proc.stdout

@@ -10,11 +10,20 @@ from pathlib import Path
 
 import typer
 
+from loadtest import bounds
 from loadtest.console import output_console
+from loadtest.errors import LoadtestError
 
 COST_FILE_HELP = "Cost file (YAML: instances with $/hour, accelerators, power). Default: the shipped list prices."
 INSTANCE_HELP = "Instance type from the cost file the servers run on (default: the file's default_instance)."
 GRID_HELP = "Grid carbon intensity for CO2e, g/kWh (475 = world average)."
+
+
+def _check_budget(budget_ms: float | None, percentile: float | None) -> None:
+    bounds.check_number("--budget-ms", budget_ms, 0, bounds.MAX_BUDGET_MS, low_open=True, unit="ms")
+    bounds.check_number("--percentile", percentile, 0, 100, low_open=True)
+    if percentile is not None and percentile >= 100:
+        raise LoadtestError(f"--percentile must be below 100 (the maximum is not a percentile budget), got {percentile:g}")
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +59,12 @@ def analyze(
     from loadtest.analysis.generative import is_generative_run
     from loadtest.analysis.terminal import render_terminal
 
+    _check_budget(budget_ms, percentile)
+    bounds.check_number("--grid-g-per-kwh", grid_g_per_kwh, 0, 10_000, unit="g/kWh")
+    if cost_file is not None:
+        from loadtest.analysis.costs import load_cost_book
+
+        load_cost_book(cost_file)
     console = output_console()
     if is_generative_run(run_dir):
         analyze_generative(run_dir, slo, cost_file, instance, console)
@@ -179,6 +194,19 @@ def sweep(
     min_requests = 200 if min_requests is None else min_requests
     if mode not in ("open", "closed"):
         raise LoadtestError(f"--mode must be open or closed, got '{mode}'")
+    from loadtest.endpoint import parse_endpoint
+
+    parse_endpoint(host, protocol or "auto")
+    _check_budget(budget_ms, percentile)
+    high = bounds.MAX_ARRIVAL_RATE if mode == "open" else bounds.MAX_USERS
+    bounds.check_number("--start", start, 0, high, low_open=True)
+    bounds.check_number("--max-load", max_load, 0, high, low_open=True,
+                        unit="req/s per model" if mode == "open" else "users")  # fmt: skip
+    bounds.check_number("--step-duration", duration, 0, bounds.MAX_RUN_TIME_S, low_open=True, unit="s")
+    bounds.check_number("--warmup", warmup, 0, bounds.MAX_RUN_TIME_S, unit="s")
+    bounds.check_number("--batch-size", batch_size, 1, bounds.MAX_BATCH_SIZE)
+    bounds.check_processes("--processes", processes)
+    bounds.check_writable_dir("--results-dir", results_dir)
     if arrival not in ("constant", "poisson"):
         raise LoadtestError(f"--arrival must be constant or poisson, got '{arrival}'")
     try:
@@ -196,7 +224,7 @@ def sweep(
     names, roles = _models(repository, models)
     console = output_console()
     from loadtest.load.preflight import check_server
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
 
     with console.status(f"pre-flight: is {host} up with its models READY?") as status:
         checked = check_server(parse_endpoint(host, protocol or "auto"), names or None, wait_ready_s=wait_ready,
@@ -249,17 +277,17 @@ def sweep_generative(host, settings, models, teacher, student, load_args, max_in
 
 def _models(repository: Path, models: str | None) -> tuple[list[str], dict[str, str | None]]:
     """Model names to sweep and who is teacher/student (from the repository's loadtest.json)."""
-    import json
 
     from loadtest.errors import LoadtestError
 
     meta_path = repository / "loadtest.json"
     meta = {}
     if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
-            raise LoadtestError(f"{meta_path} is not valid JSON") from None
+        from loadtest.repository import read_json
+
+        meta = read_json(meta_path, "repository metadata")
+        if not isinstance(meta, dict):
+            raise LoadtestError(f"{meta_path} is not a JSON object naming teacher and student")
     teacher, student = meta.get("teacher"), meta.get("student")
     names = [m.strip() for m in models.split(",") if m.strip()] if models else [n for n in (teacher, student) if n]
     return list(dict.fromkeys(names)), {"teacher": teacher, "student": student}  # []: every READY model
@@ -287,7 +315,11 @@ def plan(
     from loadtest.analysis.plan import plan as make_plan
     from loadtest.analysis.plan import plan_frame, saving_line
     from loadtest.analysis.views import who
+    from loadtest.rundir import RunDir
 
+    bounds.check_number("--peak-qps", peak_qps, 0, bounds.MAX_PEAK_QPS, low_open=True, unit="req/s")
+    bounds.check_number("--headroom", headroom, 1, 100, fix="1.3 keeps 30 % spare capacity")
+    _check_budget(budget_ms, percentile)
     console = output_console()
     from loadtest.analysis.generative import is_generative_run
 
@@ -297,7 +329,7 @@ def plan(
     with console.status(f"reading capacity from {run_dir}"):
         analysis = compute(run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance)
     rows = make_plan(analysis, peak_qps, headroom)
-    folder = analysis.run_dir / "tables"
+    folder = RunDir(analysis.run_dir).tables_dir
     folder.mkdir(exist_ok=True)
     frame = plan_frame(rows)
     frame.to_csv(folder / "plan.csv", index=False)
@@ -330,7 +362,7 @@ def plan_generative(run_dir: Path, peak_qps: float, headroom: float, slo: str | 
     from loadtest.analysis import fmt, generative
     from loadtest.analysis.generative_sweep import plan_rows
     from loadtest.analysis.plan import plan_frame, saving_line
-    from loadtest.analysis.records import read_manifest
+    from loadtest.rundir import read_manifest
 
     objective = generative.SLO.parse(slo)
     if objective is None:

@@ -102,7 +102,9 @@ def load_cost_book(path: Path | None = None) -> CostBook:
     if not path.exists():
         raise LoadtestError(f"cost file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LoadtestError(f"cost file {path} is not UTF-8 text: give the YAML cost file itself") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -269,9 +269,8 @@ def merge_step(sweep_dir: Path, step_dir: Path, label: str, model: str, settings
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from loadtest.analysis.records import read_manifest
+    from loadtest.rundir import METRICS_DIR, RECORDS_DIR, read_manifest, read_shard, shard_paths, snapshot_paths, write_shard
 
     manifest = read_manifest(step_dir)
     stages = {s["name"]: s for s in manifest.get("stages", []) if isinstance(s, dict) and "name" in s}
@@ -287,18 +286,18 @@ def merge_step(sweep_dir: Path, step_dir: Path, label: str, model: str, settings
         stage["offered_rate"] = measured.get("offered_rate")
     else:
         stage["users"] = measured.get("users")
-    records = sweep_dir / "records"
+    records = sweep_dir / RECORDS_DIR
     records.mkdir(parents=True, exist_ok=True)
-    for shard in sorted((step_dir / "records").glob("*.parquet")):
-        table = pq.read_table(shard)
+    for shard in shard_paths(step_dir):
+        table = read_shard(shard)
         if table.num_rows:
             column = table.column("stage")
             relabelled = pc.if_else(pc.equal(column, WARM_PREFIX + label), pa.scalar(label), column)
             table = table.set_column(table.schema.get_field_index("stage"), table.schema.field("stage"), relabelled)
-        pq.write_table(table, records / f"{label}-{shard.name}")
-    metrics = sweep_dir / "metrics"
+        write_shard(records, f"{label}-{shard.name}", table)
+    metrics = sweep_dir / METRICS_DIR
     metrics.mkdir(parents=True, exist_ok=True)
-    for snap in sorted((step_dir / "metrics").glob("*.prom")):
+    for snap in snapshot_paths(step_dir):
         stamp, _, rest = snap.name.partition("-")
         shutil.copyfile(snap, metrics / f"{stamp}-{label}-{rest}")
     dropped = manifest.get("dropped", {}).get(model, {}) if isinstance(manifest.get("dropped"), dict) else {}
@@ -326,14 +325,15 @@ def run_sweep(
     """Sweep every model in turn with the same settings; write the sweep's run directory."""
     from rich.console import Console
 
-    from loadtest.load.rundir import RunDir, create_run_dir
+    from loadtest.credentials import redact_url
+    from loadtest.rundir import RunDir, create_run_dir
 
     console = console or Console(stderr=True)
     sweep_dir = Path(run_dir) if run_dir else create_run_dir(results_dir, "sweep")
     sweep_dir.mkdir(parents=True, exist_ok=True)
     rundir = RunDir(sweep_dir)
     base = {
-        "run_id": sweep_dir.name, "kind": "sweep", "scenario": "sweep", "host": target.host,
+        "run_id": sweep_dir.name, "kind": "sweep", "scenario": "sweep", "host": redact_url(target.host),
         "models": {"teacher": roles.get("teacher"), "student": roles.get("student"), "names": models},
         "sweep": dict(settings.model_dump(), budget_ms=settings.budget_ms, results={}),
         "start": time.time(), "end": None, "stages": [], "dropped": {},
@@ -421,10 +421,12 @@ class _Ticker:
         self._stop = threading.Event()
 
     def __enter__(self) -> "_Ticker":
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                 console=self.console, transient=True)
+        from loadtest.console import make_progress
+
+        self.progress = make_progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                      console=self.console, transient=True)
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=self.expected_s)
         started = time.monotonic()

@@ -90,6 +90,11 @@ class ClientMetrics:
             "loadtest_output_tokens", "Generative: output tokens of successful requests.", ["model"], registry=r
         )
 
+        self.backoff_seconds = Counter(
+            "loadtest_backoff_seconds", "Seconds closed-loop users waited after connection errors (backoff).",
+            registry=r,
+        )
+
     def _children(self, model: str, protocol: str, success: bool) -> tuple:
         """The labelled series one request updates, looked up once per (model, protocol, outcome).
 

@@ -75,6 +75,9 @@ def run(
     processes: int | None = typer.Option(None, "--processes", help="Locust worker processes on this machine."),
     results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where the run directory is created."),
     metrics_port: int = typer.Option(9646, "--metrics-port", help="Prometheus endpoint of the load generator; 0: off."),
+    metrics_address: str = typer.Option(
+        "127.0.0.1", "--metrics-address", help="Address the metrics endpoint binds (0.0.0.0: reachable from the network)."
+    ),
     triton_metrics_url: str | None = typer.Option(
         None, "--triton-metrics-url", help="Triton /metrics to snapshot (default: the host's port 8002)."
     ),
@@ -97,10 +100,18 @@ def run(
     from rich.table import Table
 
     from loadtest.console import output_console
-    from loadtest.load.runner import run_locust
+    from loadtest.credentials import redact_url
+    from loadtest.load.runner import INCOMPLETE_EXIT_CODE, run_locust, scenario_path
 
+    scenario_path(scenario)
+    check_run_options(
+        host=host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
+        arrival=arrival, stages=stages, batch_size=batch_size, processes=processes, metrics_port=metrics_port,
+        metrics_address=metrics_address, repository=repository, dataset=dataset, models=models,
+        results_dir=results_dir,
+    )  # fmt: skip
     console = output_console()
-    echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False))
+    echo = None if quiet else (lambda line: console.print(line, style="dim", markup=False, highlight=False, emoji=False))
     values = dict(
         repository=str(repository), models=models, dataset=str(dataset) if dataset else None, lengths=lengths,
         batch_size=batch_size, arrival_rate=arrival_rate, arrival=arrival, stages=stages,
@@ -120,16 +131,21 @@ def run(
     else:
         context = preflight(host, values, console, str(tokenizer) if tokenizer else "")
         ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in context.served)
-        console.print(f"pre-flight: {host} live, models READY: {ready}", highlight=False, soft_wrap=True)
-    with console.status(f"running {scenario} against {host} for {run_time}"):
+        console.print(f"pre-flight: {redact_url(host)} live, models READY: {ready}", highlight=False, soft_wrap=True)
+    with console.status(f"running {scenario} against {redact_url(host)} for {run_time}"):
         result = run_locust(
             scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
             arrival=arrival, stages=stages, shape=shape, models=models, repository=repository, dataset=dataset,
             lengths=lengths, batch_size=batch_size, results_dir=results_dir, processes=processes,
             metrics_port=metrics_port, triton_metrics_url=triton_metrics_url, on_output=echo,
             model_version=model_version, wait_ready=wait_ready or None, input_shape=input_shape, input_data=input_data,
-            int_range=int_range, tokenizer=tokenizer, extra_args=llm_args,
+            int_range=int_range, tokenizer=tokenizer, extra_args=[*llm_args, "--metrics-address", metrics_address],
+            return_on_signal=True,
         )  # fmt: skip
+    if result.signalled:
+        import signal
+
+        console.print(f"[yellow]{signal.Signals(result.signalled).name}: the load was stopped and the run finalised[/]")
     result.check()
     if api:
         from loadtest.analysis.generative import compute
@@ -151,14 +167,65 @@ def run(
             f"{s.p50_s * 1e3:.3f}", f"{s.p95_s * 1e3:.3f}", f"{s.p99_s * 1e3:.3f}", f"{s.max_s * 1e3:.3f}",
         )  # fmt: skip
     console.print(table)
-    manifest = result.manifest()
-    rows = sum(s.requests for s in summaries)
-    console.print(f"records: {rows} rows; Locust counted {manifest.get('locust', {}).get('requests')} requests")
+    from loadtest.analysis.reconcile import reconcile
+
+    console.print(reconcile(result.run_dir).line(), highlight=False, markup=False, emoji=False)
     console.print(
         "[dim]Locust's own percentiles (locust_bucketed_*.csv, locust_bucketed.html, web UI) round each latency "
         "into buckets (1 ms below 100 ms, 10 ms below 1 s): report the figures above or `loadtest analyze`.[/]",
         soft_wrap=True,
     )
     console.print(f"run directory: [bold]{result.run_dir}[/]")
+    incomplete = result.incomplete_line()
+    if incomplete:
+        from loadtest.console import print_error
+
+        print_error(incomplete)
+    if result.signalled:
+        raise SystemExit(128 + result.signalled)
+    if incomplete:
+        raise SystemExit(INCOMPLETE_EXIT_CODE)
     if result.exit_code != 0:
-        raise typer.Exit(result.exit_code)
+        raise SystemExit(result.exit_code)  # not typer.Exit: under standalone_mode=False click would return it
+
+
+def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arrival, stages, batch_size, processes,
+                      metrics_port, metrics_address, repository, dataset, models=None,
+                      results_dir=Path("results")) -> None:  # fmt: skip
+    """Every option of ``loadtest run`` checked before a run directory exists or Locust starts (one line each)."""
+    from loadtest import bounds
+    from loadtest.errors import LoadtestError
+    from loadtest.endpoint import parse_endpoint
+    from loadtest.load.stages import parse_duration, parse_stage_plan
+
+    parse_endpoint(host)
+    bounds.check_users("-u/--users", users)
+    bounds.check_number("-r/--spawn-rate", spawn_rate, 0, bounds.MAX_SPAWN_RATE, low_open=True, unit="users/s")
+    duration = parse_duration(run_time)
+    bounds.check_number("-t/--run-time", duration, 0, bounds.MAX_RUN_TIME_S, low_open=True, unit="s")
+    bounds.check_arrival_rate("--arrival-rate", arrival_rate)
+    if arrival is not None and arrival not in ("constant", "poisson"):
+        raise LoadtestError(f"--arrival must be constant or poisson, got '{arrival}'")
+    if stages is not None:
+        parse_stage_plan(stages, lambda i, v: f"stage{i}")
+    bounds.check_number("--batch-size", batch_size, 1, bounds.MAX_BATCH_SIZE)
+    bounds.check_processes("--processes", processes)
+    bounds.check_port("--metrics-port", metrics_port)
+    bounds.check_bind_address("--metrics-address", metrics_address)
+    bounds.check_writable_dir("--results-dir", results_dir)
+    if dataset is not None and not Path(dataset).is_file():
+        raise LoadtestError(f"--dataset {dataset} not found: give a JSONL, CSV or Parquet file")
+    if Path(repository).exists() and not Path(repository).is_dir():
+        raise LoadtestError(f"--repository {repository} is not a directory: give the model repository's folder")
+    if not Path(repository).is_dir():
+        return  # optional: without it the models are read from the server (the pre-flight checks them)
+    from loadtest.repository import ModelRepository
+
+    repo = ModelRepository(repository)
+    if not (repo.path / "loadtest.json").is_file():
+        return
+    metadata = repo.read_metadata()  # a binary or malformed loadtest.json is one line here, not in Locust
+    if not models:  # the repository's own teacher and student: their configs must be readable too
+        for name in dict.fromkeys([metadata.teacher, metadata.student]):
+            if repo.config_path(name).is_file():
+                repo.read_config(name)

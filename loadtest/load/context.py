@@ -9,22 +9,15 @@ Never imports Locust or gevent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from loadtest.credentials import Credentials, load_credentials, split_host
+from loadtest.endpoint import Endpoint, parse_endpoint
 from loadtest.errors import LoadtestError
 from loadtest.load.payloads import TOKENIZER_INPUTS, Payload, PayloadSpec, build_payloads
-from loadtest.load.settings import Endpoint, LoadOptions, parse_endpoint
+from loadtest.load.settings import LoadOptions
+from loadtest.modelspec import ModelSpec
 from loadtest.repository import ModelRepository
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model as the client needs it (from the server): input names and dtypes, output names, largest batch."""
-
-    name: str
-    inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype name)
-    outputs: tuple[str, ...]
-    max_batch_size: int
 
 
 @dataclass(frozen=True)
@@ -38,6 +31,7 @@ class LoadContext:
     student: str | None = None
     model_payloads: dict | None = None  # model name -> tuple[Payload, ...]
     served: tuple = ()  # ServerModel per model, as the server described it
+    credentials: Credentials = field(default_factory=Credentials, repr=False)
 
     @property
     def model_names(self) -> list[str]:
@@ -71,9 +65,9 @@ def _tokenizer(path: str, repository: ModelRepository, metadata):
     return None, None
 
 
-def _spec(model, payload: Payload) -> ModelSpec:
+def _spec(model, payload: Payload, feed: str) -> ModelSpec:
     inputs = tuple((t.name, t.numpy_dtype) for t in model.inputs if t.name in payload.arrays)
-    return ModelSpec(model.name, inputs, tuple(t.name for t in model.outputs), model.max_batch_size)
+    return ModelSpec(model.name, inputs, tuple(t.name for t in model.outputs), model.max_batch_size, feed)
 
 
 def _cycle(pool: list[Payload], length: int) -> tuple[Payload, ...]:
@@ -93,6 +87,11 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenize
     from loadtest.repository import METADATA_FILE
 
     endpoint = parse_endpoint(host, options.protocol)
+    _, user_info = split_host(host)
+    credentials = load_credentials(
+        user_info, headers_file=options.headers_file or None, ca_file=options.ssl_ca_file or None,
+        cert_file=options.ssl_cert_file or None, key_file=options.ssl_key_file or None,
+    )  # fmt: skip
     repository = ModelRepository(options.repository_path)
     metadata = repository.read_metadata() if (repository.path / METADATA_FILE).is_file() else None
     settings = InputSettings(
@@ -113,6 +112,7 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenize
         wait_ready_s=options.wait_ready,
         timeout_s=min(options.request_timeout, 10.0),
         on_wait=on_wait,
+        credentials=credentials,
     )
     for model in checked.models:
         if model.decoupled:
@@ -148,12 +148,13 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenize
         raise LoadtestError("no payloads could be built: the dataset is smaller than one batch")
     length = max(len(pool) for pool in pools.values())
     model_payloads = {name: _cycle(pool, length) for name, pool in pools.items()}
-    specs = tuple(_spec(m, model_payloads[m.name][0]) for m in checked.models)
+    feeds = {name: "tokens" if pool is token_pool else "tensors" for name, pool in pools.items()}
+    specs = tuple(_spec(m, model_payloads[m.name][0], feeds[m.name]) for m in checked.models)
     first = model_payloads[specs[0].name]
     return LoadContext(
         options, endpoint, specs, first, "; ".join(descriptions),
         _role(metadata, "teacher", checked.names), _role(metadata, "student", checked.names),
-        model_payloads, checked.models,
+        model_payloads, checked.models, credentials,
     )  # fmt: skip
 
 

@@ -69,22 +69,22 @@ def check_reachable(endpoint, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
-def _speaks(endpoint, timeout_s: float) -> bool:
+def _speaks(endpoint, timeout_s: float, credentials=None) -> bool:
     try:
-        with ServerModelReader(endpoint, timeout_s=timeout_s) as reader:
+        with ServerModelReader(endpoint, timeout_s=timeout_s, credentials=credentials) as reader:
             metadata = reader.server_metadata()  # a Triton answers {"name", "version", "extensions"}
         return isinstance(metadata, dict) and "version" in metadata
     except Exception:  # any failure means "not this protocol"
         return False
 
 
-def check_protocol(endpoint, timeout_s: float) -> None:
+def check_protocol(endpoint, timeout_s: float, credentials=None) -> None:
     """The port answers the chosen protocol; if it answers the other one instead, say which flag to use."""
-    if _speaks(endpoint, timeout_s):
+    if _speaks(endpoint, timeout_s, credentials):
         return
     url = f"{_scheme(endpoint)}://{endpoint.address}"
     other = _other(endpoint)
-    if _speaks(other, timeout_s):
+    if _speaks(other, timeout_s, credentials):
         fix = f"--host {_scheme(other)}://{endpoint.address}"
         usual = "8000" if endpoint.protocol == "http" else "8001"
         raise LoadtestError(
@@ -133,6 +133,7 @@ def check_server(
     timeout_s: float = 10.0,
     on_wait: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    credentials=None,
 ) -> Preflight:
     """Reach, protocol, liveness, model list and readiness; returns the models as the server describes them."""
     url = f"{_scheme(endpoint)}://{endpoint.address}"
@@ -153,12 +154,12 @@ def check_server(
     while True:  # reachable and speaking the protocol
         try:
             check_reachable(endpoint, min(timeout_s, CONNECT_TIMEOUT_S))
-            check_protocol(endpoint, timeout_s)
+            check_protocol(endpoint, timeout_s, credentials)
             break
         except LoadtestError as exc:
             if not waiting(str(exc)):
                 raise
-    reader = ServerModelReader(endpoint, timeout_s=timeout_s)
+    reader = ServerModelReader(endpoint, timeout_s=timeout_s, credentials=credentials)
     try:
         while True:
             try:

@@ -33,8 +33,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtest.credentials import URL_CREDENTIALS_ENV, split_host
 from loadtest.errors import LoadtestError
-from loadtest.load.rundir import DEFAULT_RESULTS_DIR, RunDir, create_run_dir
+from loadtest.rundir import DEFAULT_RESULTS_DIR, RunDir, create_run_dir
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 LOG_FILE = "locust.log"
@@ -42,6 +43,7 @@ LOG_FILE = "locust.log"
 # names say so. The figures to report come from the raw records (summary, ``loadtest analyze``).
 CSV_PREFIX = "locust_bucketed"
 STOP_GRACE_S = 15.0
+INCOMPLETE_EXIT_CODE = 3  # Locust stopped the run early and the manifest says why (loadtest.load.lifecycle)
 
 
 def scenario_path(scenario: str | Path) -> Path:
@@ -67,6 +69,8 @@ class LocustRun:
     duration_s: float
     output_tail: list[str] = field(default_factory=list)
     timed_out: bool = False
+    signalled: int | None = None  # SIGINT/SIGTERM received by this process and passed on to Locust's group
+    removed: bool = False  # the child failed before the test started: its run directory was removed
 
     @property
     def log_path(self) -> Path:
@@ -86,7 +90,7 @@ class LocustRun:
 
     def records(self):
         """The raw per-request records of every process (a pyarrow Table)."""
-        from loadtest.load.records import read_records
+        from loadtest.rundir import read_records
 
         return read_records(self.run_dir)
 
@@ -96,13 +100,41 @@ class LocustRun:
 
         return summarize_run(self.run_dir)
 
+    def incomplete_line(self) -> str | None:
+        """One line when the manifest marks the run incomplete (records lost, a worker lost), else None."""
+        manifest = self.manifest()
+        if manifest.get("complete", True):
+            return None
+        records = manifest.get("records") or {}
+        parts = []
+        if records.get("incomplete_reason"):
+            parts.append(f"records could not be written ({records['incomplete_reason']})")
+        for lost in manifest.get("workers_lost") or []:
+            parts.append(f"worker {lost.get('worker')} was lost mid-run")
+        counts = f"{records.get('rows', 0):,} requests recorded"
+        if records.get("not_recorded"):
+            counts += f", {records['not_recorded']:,} not recorded"
+        return (f"run incomplete: {'; '.join(parts) or 'see the manifest'}; the run was stopped early; {counts}. "
+                f"The manifest marks it incomplete; `loadtest analyze {self.run_dir}` works on what was recorded")
+
+    def error_line(self) -> str | None:
+        """The child's own one-line reason (``loadtest: ...`` logged at ERROR), if it gave one."""
+        for line in reversed(self.output_tail):
+            if "ERROR" in line or "error:" in line.lower():
+                text = line.split("loadtest: ", 1)[-1] if "loadtest: " in line else line.split("/ERROR/", 1)[-1]
+                return text.strip()
+        return None
+
     def check(self) -> LocustRun:
         """Raise LoadtestError unless Locust ran to the end (request failures alone are not an error here)."""
         if self.timed_out:
             raise LoadtestError(f"Locust did not finish in time; log: {self.log_path}")
-        if self.exit_code not in (0, 1) or not self.manifest().get("end"):
-            last = next((line for line in reversed(self.output_tail) if "error" in line.lower()), None)
-            detail = f": {last.strip()}" if last else ""
+        if self.removed:
+            reason = self.error_line() or f"Locust exited with status {self.exit_code} before the test started"
+            raise LoadtestError(f"{reason} (nothing was run; no run directory kept)")
+        if self.exit_code not in (0, 1, INCOMPLETE_EXIT_CODE) or not self.manifest().get("end"):
+            last = self.error_line()
+            detail = f": {last}" if last else ""
             raise LoadtestError(f"Locust exited with status {self.exit_code}{detail} (log: {self.log_path})")
         return self
 
@@ -134,7 +166,8 @@ def build_command(
     if run_time is not None:
         command += ["-t", f"{run_time}s" if isinstance(run_time, (int, float)) else str(run_time)]
     if processes:
-        command += ["--processes", str(processes)]
+        # Locust's master would listen on every interface; its forked workers connect over loopback.
+        command += ["--processes", str(processes), "--master-bind-host", "127.0.0.1"]
     for name, value in options.items():
         if value is None:
             continue
@@ -180,15 +213,20 @@ def run_locust(
     on_output: Callable[[str], None] | None = None,
     timeout_s: float | None = None,
     python: str = sys.executable,
+    return_on_signal: bool = False,
 ) -> LocustRun:
     """Run ``scenario`` headless against ``host`` in a child process; return its run directory and exit code.
 
     The run directory is created here (``<results_dir>/<YYYYmmdd-HHMMSS>-<kind>``, never reused) unless
     ``run_dir`` names one. Locust's output goes to ``on_output`` line by line and to ``<run_dir>/locust.log``.
     ``timeout_s`` stops the child (SIGINT, then SIGKILL after a grace period) if it runs longer.
+    SIGINT/SIGTERM to this process stop Locust's whole process group the same way and wait for it to
+    finalise its records; then KeyboardInterrupt is raised, or, with ``return_on_signal``, the run is
+    returned (``LocustRun.signalled``) so the caller can still print what was measured.
     Options left ``None`` take the scenario's defaults (and ``LOADTEST_*`` environment variables).
     """
     path = scenario_path(scenario)
+    host, user_info = split_host(host)  # the password travels in the child's environment, never in argv or logs
     kind = kind or (path.stem if path.is_file() else path.name)
     target = Path(run_dir) if run_dir is not None else create_run_dir(results_dir, kind)
     target.mkdir(parents=True, exist_ok=True)
@@ -220,11 +258,15 @@ def run_locust(
     )  # fmt: skip
     child_env = dict(os.environ)
     child_env.update(env or {})
+    if user_info:
+        child_env[URL_CREDENTIALS_ENV] = user_info
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     tail: deque[str] = deque(maxlen=200)
     started = time.monotonic()
     timed_out = False
-    with open(target / LOG_FILE, "w") as log_file:
+    received: list[int] = []
+    log_file = open(target / LOG_FILE, "w", buffering=1)  # line-buffered: a full disk fails a write, not close()
+    with _closing_quietly(log_file), _forward_signals(received) as forwarding:
         process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -233,11 +275,18 @@ def run_locust(
             bufsize=1,
             env=child_env,
             start_new_session=True,  # its own process group: --processes workers stop with it
+            preexec_fn=_die_with_parent,
         )
+        forwarding.process = process
 
         def pump() -> None:
+            logging_to_file = True
             for line in process.stdout:
-                log_file.write(line)
+                if logging_to_file:
+                    try:
+                        log_file.write(line)
+                    except OSError:  # a full disk: keep reading (a blocked pipe would stall Locust)
+                        logging_to_file = False
                 tail.append(line.rstrip("\n"))
                 if on_output is not None:
                     on_output(line.rstrip("\n"))
@@ -245,25 +294,133 @@ def run_locust(
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _stop(process)
-        except KeyboardInterrupt:
-            _stop(process)
-            raise
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while process.poll() is None:  # short waits: a signal handler runs between them
+                if deadline is not None and time.monotonic() > deadline:
+                    timed_out = True
+                    _stop(process)
+                    break
+                try:
+                    process.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
         finally:
+            if process.poll() is None:  # an exception (not a signal we forward): never leave Locust loading
+                _stop(process)
+            _end_group(process.pid, grace_s=STOP_GRACE_S)  # a worker that outlived its master
             reader.join(timeout=5)
-    return LocustRun(target, process.returncode, command, time.monotonic() - started, list(tail), timed_out)
+    removed = _remove_if_not_started(target, process.returncode, run_dir is None)
+    if received and not return_on_signal:
+        raise KeyboardInterrupt
+    return LocustRun(target, process.returncode, command, time.monotonic() - started, list(tail), timed_out,
+                     received[0] if received else None, removed)  # fmt: skip
+
+
+class _closing_quietly:
+    """Close the log at the end; on a full disk its last buffered bytes are lost, never the run's outcome."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+
+
+class _forward_signals:
+    """While Locust runs, SIGINT/SIGTERM to this process reach Locust's process group through its main process.
+
+    Why: Locust's group (master and ``--processes`` workers) lives in its own session so that a terminal's
+    Ctrl-C does not hit it twice; a SIGTERM from a supervisor (systemd, CI, ``timeout``) to ``loadtest run``
+    must still stop the load and let Locust finalise its records and manifest. The main process gets SIGINT
+    and stops its workers over Locust's own protocol, so their final reports arrive; after the child exits,
+    ``run_locust`` ends any process left in the group.
+    """
+
+    def __init__(self, received: list[int]):
+        self.received = received
+        self.process: subprocess.Popen | None = None
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, _frame) -> None:
+        self.received.append(signum)
+        if self.process is not None and self.process.poll() is None:
+            try:  # Locust's main process stops its workers itself (and collects their last reports)
+                os.kill(self.process.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGINT if ``loadtest`` dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _remove_if_not_started(target: Path, exit_code: int, created_here: bool) -> bool:
+    """A run that never started (bad option, unreachable repository) leaves no directory that looks like a run.
+
+    Only a directory this call created, holding nothing but Locust's log and CSV/HTML stubs, is removed; the
+    log's last lines reach the caller through ``LocustRun.output_tail``.
+    """
+    import shutil
+
+    from loadtest.rundir import MANIFEST, shard_paths
+
+    if not created_here or exit_code in (0, 1) or (target / MANIFEST).exists() or shard_paths(target):
+        return False
+    shutil.rmtree(target, ignore_errors=True)
+    return True
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGINT the child's process group (Locust stops cleanly and writes its records), then SIGKILL."""
+    """SIGINT Locust's main process (it stops its workers, and every process writes its records), then, after a
+    grace period, SIGKILL the whole group: no worker outlives the run."""
     try:
-        os.killpg(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGINT)
         process.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        pass
     except ProcessLookupError:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL if process.poll() is None else 0)
+    except (ProcessLookupError, PermissionError):
+        return
+    if process.poll() is None:
+        process.wait()
+    else:  # the main process is gone; its workers may not be (a hung worker): end the group
+        _end_group(process.pid)
+
+
+def _end_group(pgid: int, grace_s: float = 5.0) -> None:
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass

@@ -162,26 +162,32 @@ def build_server_model(metadata, config, version: str = "") -> ServerModel:
 class ServerModelReader:
     """Reads readiness, the repository index and model descriptions from one Triton endpoint.
 
-    ``endpoint`` is a ``loadtest.load.settings.Endpoint`` (protocol, host, port, ssl). Every failure is
+    ``endpoint`` is a ``loadtest.endpoint.Endpoint`` (protocol, host, port, ssl). Every failure is
     a one-line LoadtestError naming the server, what was asked, and what to do.
     """
 
-    def __init__(self, endpoint, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, endpoint, timeout_s: float = DEFAULT_TIMEOUT_S, credentials=None):
+        from loadtest.credentials import Credentials, grpc_client_tls, http_client_tls
+
         self.endpoint = endpoint
         self.protocol = endpoint.protocol
         self.timeout_s = timeout_s
+        credentials = credentials or Credentials()
+        self.headers = credentials.request_headers(self.protocol)
+        tls = ((grpc_client_tls if self.protocol == "grpc" else http_client_tls)(credentials)
+               if endpoint.ssl else {"ssl": False})  # fmt: skip
         scheme = ("grpcs" if endpoint.ssl else "grpc") if self.protocol == "grpc" else ("https" if endpoint.ssl else "http")
         self.url = f"{scheme}://{endpoint.address}"
         try:
             if self.protocol == "grpc":
                 import tritonclient.grpc as module
 
-                self._client = module.InferenceServerClient(endpoint.address, ssl=endpoint.ssl)
+                self._client = module.InferenceServerClient(endpoint.address, **tls)
             else:
                 import tritonclient.http as module
 
                 self._client = module.InferenceServerClient(
-                    endpoint.address, ssl=endpoint.ssl, connection_timeout=timeout_s, network_timeout=timeout_s
+                    endpoint.address, connection_timeout=timeout_s, network_timeout=timeout_s, **tls
                 )
         except Exception as exc:  # a malformed address
             raise LoadtestError(f"cannot create a Triton client for {self.url}: {exc}") from None
@@ -199,7 +205,8 @@ class ServerModelReader:
         self.close()
 
     def _kwargs(self) -> dict:
-        return {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        return {**kwargs, "headers": self.headers} if self.headers else kwargs
 
     def call(self, fn, *args, **kwargs):
         """Run one client call; raise the tritonclient error (callers decide what it means)."""

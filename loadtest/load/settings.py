@@ -1,4 +1,4 @@
-"""The load generator's settings: the option table, their typed view, and the Triton endpoint.
+"""The load generator's settings: the option table and their typed view.
 
 Why separate from ``options`` (which registers them with Locust): the runner, the CLI and the tests
 read the same table without importing Locust. ``LoadOptions.from_namespace`` turns Locust's parsed
@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from loadtest.endpoint import parse_endpoint
 from loadtest.errors import LoadtestError
 from loadtest.load.client_metrics import DEFAULT_METRICS_PORT
-from loadtest.load.rundir import DEFAULT_RESULTS_DIR
-
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_GRPC_PORT = 8001
-DEFAULT_TRITON_METRICS_PORT = 8002
+from loadtest.rundir import DEFAULT_RESULTS_DIR
 
 # (flag, env var, default, type, help); order = order in `locust --help` and in the web UI.
 OPTIONS: list[tuple[str, str, object, type, str]] = [
@@ -56,10 +52,19 @@ OPTIONS: list[tuple[str, str, object, type, str]] = [
     ("--run-dir", "LOADTEST_RUN_DIR", "", str, "Exact run directory to write (must not hold a run yet)."),
     ("--metrics-port", "LOADTEST_METRICS_PORT", DEFAULT_METRICS_PORT, int,
      "Prometheus endpoint of this process (worker i of --processes/--worker: PORT+1+i); 0 disables."),
+    ("--metrics-address", "LOADTEST_METRICS_ADDRESS", "127.0.0.1", str,
+     "Address the metrics endpoint binds: 127.0.0.1 (this machine only, the default) or 0.0.0.0 for a remote "
+     "Prometheus."),
     ("--triton-metrics-url", "LOADTEST_TRITON_METRICS_URL", "", str,
      "Triton /metrics to snapshot at test start, stage changes and stop (default: host's port 8002; none: off)."),
     ("--gpu-metrics-url", "LOADTEST_GPU_METRICS_URL", "", str, "GPU exporter /metrics to snapshot likewise."),
     ("--request-timeout", "LOADTEST_REQUEST_TIMEOUT", 60.0, float, "Network timeout of one request, seconds."),
+    ("--headers-file", "LOADTEST_HEADERS_FILE", "", str,
+     "File of 'Name: value' lines sent as HTTP headers / gRPC metadata with every request (tokens stay out of "
+     "the command line and out of every output; LOADTEST_HTTP_HEADERS works too)."),
+    ("--ssl-ca-file", "LOADTEST_SSL_CA_FILE", "", str, "https:// or grpcs:// host: CA bundle (PEM) to verify it."),
+    ("--ssl-cert-file", "LOADTEST_SSL_CERT_FILE", "", str, "TLS client certificate (PEM), with --ssl-key-file."),
+    ("--ssl-key-file", "LOADTEST_SSL_KEY_FILE", "", str, "TLS client key (PEM); only its path is ever recorded."),
     ("--model-version", "LOADTEST_MODEL_VERSION", "", str,
      "Model version every request targets and that must be READY (default: the server's version policy)."),
     ("--wait-ready", "LOADTEST_WAIT_READY", 0.0, float,
@@ -71,52 +76,6 @@ OPTIONS: list[tuple[str, str, object, type, str]] = [
     ("--int-range", "LOADTEST_INT_RANGE", "", str,
      "Synthetic integer inputs drawn from LO:HI (HI excluded; default 0:100)."),
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where Triton is and how to talk to it."""
-
-    protocol: str  # http | grpc
-    host: str
-    port: int
-    ssl: bool = False
-
-    @property
-    def address(self) -> str:
-        """``host:port`` as tritonclient wants it (no scheme)."""
-        return f"{self.host}:{self.port}"
-
-
-def parse_endpoint(host: str | None, protocol: str = "auto") -> Endpoint:
-    """Protocol and address from ``--host`` and ``--protocol`` (the option wins over the scheme)."""
-    if not host:
-        raise LoadtestError("no Triton host: pass --host http://HOST:8000 or --host grpc://HOST:8001")
-    protocol = (protocol or "auto").lower()
-    if protocol not in ("auto", "http", "grpc"):
-        raise LoadtestError(f"--protocol must be auto, http or grpc, got '{protocol}'")
-    parts = urlsplit(host if "://" in host else f"//{host}")
-    scheme = (parts.scheme or "").lower()
-    if scheme not in ("", "http", "https", "grpc", "grpcs"):
-        raise LoadtestError(f"--host {host}: scheme must be http, https, grpc or grpcs")
-    if protocol == "auto":
-        protocol = "grpc" if scheme.startswith("grpc") else "http"
-    if not parts.hostname:
-        raise LoadtestError(f"--host {host} has no host name")
-    try:
-        port = parts.port
-    except ValueError:
-        raise LoadtestError(f"--host {host} has an invalid port") from None
-    default_port = DEFAULT_GRPC_PORT if protocol == "grpc" else DEFAULT_HTTP_PORT
-    return Endpoint(protocol, parts.hostname, port or default_port, ssl=scheme in ("https", "grpcs"))
-
-
-def default_triton_metrics_url(host: str | None) -> str | None:
-    """Triton's metrics endpoint on the same host, port 8002."""
-    if not host:
-        return None
-    parts = urlsplit(host if "://" in host else f"//{host}")
-    return f"http://{parts.hostname}:{DEFAULT_TRITON_METRICS_PORT}/metrics" if parts.hostname else None
 
 
 @dataclass(frozen=True)
@@ -141,9 +100,14 @@ class LoadOptions:
     records_dir: str
     run_dir: str
     metrics_port: int
+    metrics_address: str
     triton_metrics_url: str
     gpu_metrics_url: str
     request_timeout: float
+    headers_file: str
+    ssl_ca_file: str
+    ssl_cert_file: str
+    ssl_key_file: str
     model_version: str = ""
     wait_ready: float = 0.0
     input_shape: str = ""
@@ -161,22 +125,24 @@ class LoadOptions:
         return options
 
     def validate(self) -> None:
-        checks = [
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.payload_pool >= 1, f"--payload-pool must be >= 1, got {self.payload_pool}"),
-            (self.arrival_rate >= 0, f"--arrival-rate must be >= 0, got {self.arrival_rate}"),
-            (self.arrival in ("constant", "poisson"), f"--arrival must be constant or poisson, got '{self.arrival}'"),
-            (self.late_tolerance >= 0, f"--late-tolerance must be >= 0, got {self.late_tolerance}"),
-            (self.max_in_flight >= 1, f"--max-in-flight must be >= 1, got {self.max_in_flight}"),
-            (0 <= self.metrics_port < 65536, f"--metrics-port must be a port number or 0, got {self.metrics_port}"),
-            (self.request_timeout > 0, f"--request-timeout must be > 0, got {self.request_timeout}"),
-            (self.wait_ready >= 0, f"--wait-ready must be >= 0 seconds, got {self.wait_ready}"),
-            (not self.model_version or self.model_version.isdigit(),
-             f"--model-version must be a version number, got '{self.model_version}'"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise LoadtestError(message)
+        """Every knob within its bounds (``loadtest.bounds``): one line naming the option and the range."""
+        from loadtest import bounds
+
+        bounds.check_number("--batch-size", self.batch_size, 1, bounds.MAX_BATCH_SIZE)
+        bounds.check_number("--payload-pool", self.payload_pool, 1, bounds.MAX_PAYLOAD_POOL)
+        bounds.check_arrival_rate("--arrival-rate", self.arrival_rate)
+        if self.arrival not in ("constant", "poisson"):
+            raise LoadtestError(f"--arrival must be constant or poisson, got '{self.arrival}'")
+        bounds.check_number("--late-tolerance", self.late_tolerance, 0, 60, unit="s")
+        bounds.check_number("--max-in-flight", self.max_in_flight, 1, bounds.MAX_IN_FLIGHT)
+        bounds.check_port("--metrics-port", self.metrics_port)
+        bounds.check_bind_address("--metrics-address", self.metrics_address)
+        bounds.check_number("--request-timeout", self.request_timeout, 0, bounds.MAX_TIMEOUT_S, low_open=True, unit="s")
+        if self.protocol.lower() not in ("auto", "http", "grpc"):
+            raise LoadtestError(f"--protocol must be auto, http or grpc, got '{self.protocol}'")
+        bounds.check_number("--wait-ready", self.wait_ready, 0, bounds.MAX_TIMEOUT_S, unit="s")
+        if self.model_version and not self.model_version.isdigit():
+            raise LoadtestError(f"--model-version must be a version number, got '{self.model_version}'")
 
     def model_names(self, metadata=None) -> list[str]:
         """``--models``, or the repository's teacher and student; [] = every READY model of the server."""
@@ -188,9 +154,15 @@ class LoadOptions:
         return list(dict.fromkeys([metadata.teacher, metadata.student]))
 
     def triton_metrics(self, host: str | None) -> str | None:
+        """--triton-metrics-url, else Triton's metrics port on the load's host (None: no snapshots)."""
         if self.triton_metrics_url.lower() == "none":
             return None
-        return self.triton_metrics_url or default_triton_metrics_url(host)
+        if self.triton_metrics_url:
+            return self.triton_metrics_url
+        try:
+            return parse_endpoint(host, self.protocol).metrics_url
+        except LoadtestError:
+            return None
 
     def gpu_metrics(self) -> str | None:
         return None if self.gpu_metrics_url.lower() in ("", "none") else self.gpu_metrics_url

@@ -15,7 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from loadtest.bounds import MAX_ARRIVAL_RATE, MAX_RUN_TIME_S, MAX_STAGES
 from loadtest.errors import LoadtestError
+
+MAX_STAGE_VALUE = MAX_ARRIVAL_RATE  # users (bounded lower by Locust itself) or requests/s per model
 
 STEADY = "steady"
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|h|m|s)?", re.IGNORECASE)
@@ -57,12 +60,17 @@ def parse_stage_plan(text: str, default_label: Callable[[int, float], str]) -> l
             value = float(parts[1])
         except ValueError:
             raise LoadtestError(f"stage '{item}': '{parts[1]}' is not a number") from None
-        if duration <= 0 or value < 0:
-            raise LoadtestError(f"stage '{item}': the duration must be > 0 and the value >= 0")
+        if not (0 < duration <= MAX_RUN_TIME_S) or not (0 <= value <= MAX_STAGE_VALUE):
+            raise LoadtestError(
+                f"stage '{item}': the duration must be > 0 and <= 7 days, the value finite, >= 0 and "
+                f"<= {MAX_STAGE_VALUE:g} (users or requests/s per model)"
+            )
         label = parts[2].strip() if len(parts) == 3 and parts[2].strip() else default_label(i, value)
         stages.append(Stage(duration, value, label))
     if not stages:
-        raise LoadtestError("the stage plan is empty")
+        raise LoadtestError("the stage plan is empty: give DURATION:VALUE[:LABEL],... e.g. 30s:4,30s:8")
+    if len(stages) > MAX_STAGES:
+        raise LoadtestError(f"the stage plan has {len(stages)} stages; at most {MAX_STAGES}")
     labels = [s.label for s in stages]
     if len(set(labels)) != len(labels):
         raise LoadtestError(f"stage labels must be unique, got {', '.join(labels)}")

@@ -24,12 +24,14 @@ import locust  # noqa: F401  (gevent monkey-patching happens here, before gRPC i
 import numpy as np
 from gevent import GreenletExit
 
+from loadtest.credentials import Credentials, grpc_client_tls, http_client_tls
+from loadtest.endpoint import Endpoint
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.clock import CLOCK
-from loadtest.load.context import ModelSpec
 from loadtest.load.payloads import Payload, model_arrays
-from loadtest.load.records import NONFINITE_ERROR, Record
-from loadtest.load.settings import Endpoint
+from loadtest.load.records import RECORD_KEY
+from loadtest.modelspec import ModelSpec
+from loadtest.rundir import NONFINITE_ERROR, Record
 
 _GRPC_READY = False
 
@@ -149,6 +151,7 @@ class TritonClient:
         concurrency: int = 1,
         timeout_s: float = 60.0,
         metrics: ClientMetrics | None = None,
+        credentials: Credentials | None = None,
     ):
         self.endpoint = endpoint
         self.protocol = endpoint.protocol
@@ -157,6 +160,9 @@ class TritonClient:
         self.worker = worker
         self.timeout_s = timeout_s
         self.metrics = metrics
+        self.last_error: str | None = None  # the last request's error text (None: it succeeded)
+        credentials = credentials or Credentials()
+        self.headers = credentials.request_headers(self.protocol)
         module = _modules(self.protocol)
         self._result = module.InferResult
         if self.protocol == "grpc":
@@ -169,14 +175,16 @@ class TritonClient:
 
             self._raise_if_error = _raise_if_error
         if self.protocol == "grpc":
-            self._client = module.InferenceServerClient(url=endpoint.address, ssl=endpoint.ssl)
+            tls = grpc_client_tls(credentials) if endpoint.ssl else {}
+            self._client = module.InferenceServerClient(url=endpoint.address, **tls)
         else:
+            tls = http_client_tls(credentials) if endpoint.ssl else {}
             self._client = module.InferenceServerClient(
                 url=endpoint.address,
                 concurrency=concurrency,
                 connection_timeout=timeout_s,
                 network_timeout=timeout_s,
-                ssl=endpoint.ssl,
+                **tls,
             )
 
     def _call(self, request: PreparedRequest):
@@ -192,13 +200,14 @@ class TritonClient:
         if self.protocol == "grpc":
             try:
                 response = client._client_stub.ModelInfer(
-                    request=request.wire[0], metadata=client._get_metadata(None), timeout=self.timeout_s
+                    request=request.wire[0], metadata=client._get_metadata(self.headers), timeout=self.timeout_s
                 )
             except self._rpc_error as rpc_error:
                 self._raise_rpc(rpc_error)
             return self._result(response)
         uri, body, headers = request.wire
-        response = client._post(request_uri=uri, request_body=body, headers=dict(headers), query_params=None)
+        response = client._post(request_uri=uri, request_body=body, headers={**dict(headers), **(self.headers or {})},
+                                query_params=None)  # fmt: skip
         self._raise_if_error(response)
         return self._result(response, False)
 
@@ -207,10 +216,10 @@ class TritonClient:
         if self.protocol == "grpc":
             return self._client.infer(
                 request.model, request.inputs, model_version=request.model_version, outputs=request.outputs,
-                client_timeout=self.timeout_s,
-            )
+                client_timeout=self.timeout_s, headers=self.headers,
+            )  # fmt: skip
         return self._client.infer(request.model, request.inputs, model_version=request.model_version,
-                                  outputs=request.outputs)  # fmt: skip
+                                  outputs=request.outputs, headers=self.headers)  # fmt: skip
 
     def send(
         self, request: PreparedRequest, stage: str, loop: str = "closed", intended: float | None = None,
@@ -244,6 +253,7 @@ class TritonClient:
             killed = True
             error = "interrupted: the load generator stopped this user mid-request"
         end = CLOCK.now()
+        self.last_error = error
         if in_flight is not None:
             in_flight.dec()
         intended = start if intended is None else intended
@@ -272,7 +282,7 @@ class TritonClient:
             response_time=latency * 1000.0,
             response_length=request.tokens,
             exception=TritonRequestError(error) if error is not None else None,
-            context={"loadtest_record": record},
+            context={RECORD_KEY: record},
             start_time=record.intended_start,
         )
         if killed:

@@ -14,8 +14,9 @@ test stops) is *dropped* and counted. Latency runs from the intended time, so a 
 in the percentiles instead of slowing the schedule down (coordinated omission, as wrk2 and k6's
 constant-arrival-rate executor avoid it).
 
-Payloads are prepared once per process (``lifecycle.prepared_requests``) and shared read-only by the
-users; a user only picks the next one.
+Payloads are prepared once per process (``LoadProcess.prepared_requests``) and shared read-only by the
+users; a user only picks the next one. Each user takes the process state from the environment Locust
+gives it (``process_of``), once in ``on_start``, and keeps the stage board as its own attribute.
 """
 
 from __future__ import annotations
@@ -29,34 +30,47 @@ from gevent import GreenletExit
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 from locust import User, constant, task
-from locust.user.task import LOCUST_STATE_STOPPING
 from locust.exception import StopUser
+from locust.user.task import LOCUST_STATE_STOPPING
 
-from loadtest.load import lifecycle
+from loadtest.load import lifecycle  # noqa: F401  (registers the test's listeners: run dir, records, metrics)
+from loadtest.load.backoff import Backoff, is_connection_error
 from loadtest.load.clock import CLOCK
+from loadtest.load.process import LoadProcess, process_of
 from loadtest.load.triton_client import TritonClient
 
 log = logging.getLogger("loadtest")
 _USER_NUMBERS = itertools.count()
 _DRIVER_NUMBERS = itertools.count()
 DRIVER_POLL_S = 0.05  # how often a waiting driver or send re-checks the stage board
+# Sends waiting for a slot, per model and driver, as a multiple of --max-in-flight: beyond it a due send is
+# dropped (and counted) at once instead of becoming one more waiting greenlet. Bounds the driver's memory
+# whatever the rate and however long the server stalls.
+QUEUED_SENDS_PER_SLOT = 4
 
 
-def _start_client(user: User, concurrency: int) -> tuple[TritonClient, dict]:
-    """The user's client and the shared prepared requests, or StopUser if the test could not start."""
-    context = lifecycle.current_context()
-    if context is None or lifecycle.STATE.error is not None:
+def _process(user: User) -> LoadProcess:
+    """The process state for this test, or StopUser if the test could not start."""
+    process = process_of(user.environment)
+    if process is None or not process.ready:
         raise StopUser()
+    return process
+
+
+def _start_client(user: User, process: LoadProcess, concurrency: int) -> tuple[TritonClient, dict]:
+    """The user's client and the shared prepared requests."""
+    context = process.context
     client = TritonClient(
         context.endpoint,
         user.environment.events.request,
         scenario=type(user).__name__,
-        worker=lifecycle.STATE.worker,
+        worker=process.worker,
         concurrency=concurrency,
         timeout_s=context.options.request_timeout,
-        metrics=lifecycle.STATE.metrics,
+        metrics=process.metrics,
+        credentials=context.credentials,
     )
-    return client, lifecycle.prepared_requests(context.endpoint.protocol)
+    return client, process.prepared_requests(context.endpoint.protocol)
 
 
 class TritonUser(User):
@@ -68,20 +82,21 @@ class TritonUser(User):
     _in_request = False
 
     def on_start(self) -> None:
-        context = lifecycle.current_context()
-        if context is None:
-            raise StopUser()
+        process = _process(self)
+        context = process.context
+        self.process = process
+        self.board = process.board
         self.models = context.model_names
-        self.client, self.requests = self.start_client(len(self.models) if self.send_to_all_models else 1)
+        self.client, self.requests = self.start_client(process, len(self.models) if self.send_to_all_models else 1)
         self.n_payloads = len(next(iter(self.requests.values())))
         number = next(_USER_NUMBERS)
         rng = np.random.default_rng([context.options.seed, number])
         self.cursor = int(rng.integers(self.n_payloads))  # users start at different payloads
         self.turn = number % len(self.models)
 
-    def start_client(self, concurrency: int) -> tuple:
+    def start_client(self, process: LoadProcess, concurrency: int) -> tuple:
         """The user's client and the shared prepared requests (the LLM users override this)."""
-        return _start_client(self, concurrency)
+        return _start_client(self, process, concurrency)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
@@ -108,7 +123,7 @@ class TritonUser(User):
 
     @task
     def infer(self) -> None:
-        stage = lifecycle.STATE.board.label
+        stage = self.board.label
         self._in_request = True
         try:
             if not self.send_to_all_models:
@@ -119,6 +134,7 @@ class TritonUser(User):
                 self._send_to_all(stage)
         finally:
             self._in_request = False
+        self._back_off_if_unreachable()
 
     def _send_to_all(self, stage: str) -> None:
         index = self._next_index()
@@ -128,6 +144,17 @@ class TritonUser(User):
         except GreenletExit:  # stopped meanwhile: let both answers arrive and be recorded first
             gevent.joinall(sends)
             raise
+
+    def _back_off_if_unreachable(self) -> None:
+        """After a connection error, wait (exponential, counted); the next success resets it."""
+        error = getattr(self.client, "last_error", None)
+        backoff = self.__dict__.setdefault("backoff", Backoff())
+        if not is_connection_error(error):
+            backoff.reset()
+            return
+        delay = backoff.delay()
+        self.process.count_backoff(delay, error)
+        gevent.sleep(delay)
 
 
 class ABTritonUser(TritonUser):
@@ -142,26 +169,29 @@ class OpenLoopUser(User):
 
     abstract = True
     wait_time = constant(0)
+    open_loop = True  # lifecycle counts these drivers to split the arrival rate
 
     def on_start(self) -> None:
-        context = lifecycle.current_context()
-        if context is None:
-            raise StopUser()
+        process = _process(self)
+        context = process.context
+        self.process = process
+        self.board = process.board
         self.options = context.options
         self.models = context.model_names
-        self.client, self.requests = self.start_client(self.options.max_in_flight * len(self.models))
+        self.client, self.requests = self.start_client(process, self.options.max_in_flight * len(self.models))
         self.n_payloads = len(next(iter(self.requests.values())))
         self.number = next(_DRIVER_NUMBERS)
         worker_index = max(getattr(self.environment.runner, "worker_index", 0), 0)
         self.rng = np.random.default_rng([self.options.seed, worker_index, self.number])
         self.cursor = int(self.rng.integers(self.n_payloads))
         self.slots = {m: BoundedSemaphore(self.options.max_in_flight) for m in self.models}
+        self.queue_limit = self.options.max_in_flight * (1 + QUEUED_SENDS_PER_SLOT) * len(self.models)
         self.sends = Group()
         self.stopping = False
 
-    def start_client(self, concurrency: int) -> tuple:
+    def start_client(self, process: LoadProcess, concurrency: int) -> tuple:
         """The user's client and the shared prepared requests (the LLM users override this)."""
-        return _start_client(self, concurrency)
+        return _start_client(self, process, concurrency)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
@@ -174,15 +204,15 @@ class OpenLoopUser(User):
         return 1.0 / rate
 
     def _set_offered(self, rate: float | None) -> None:
-        lifecycle.set_offered_rate(self.number, self.models, rate)
+        self.process.set_offered_rate(self.number, self.models, rate)
 
     def _send(self, model: str, request, intended: float, stage: str, version: int) -> None:
         """One scheduled send: wait for a slot (late beyond the tolerance), dropped if its stage ends first."""
-        board = lifecycle.STATE.board
+        board = self.board
         slot = self.slots[model]
         while not slot.acquire(timeout=DRIVER_POLL_S):
             if self.stopping or board.version != version:
-                lifecycle.count_dropped(model, stage)
+                self.process.count_dropped(model, stage)
                 return
         try:
             # this greenlet belongs to the driver's send group, which is joined, never killed
@@ -192,7 +222,7 @@ class OpenLoopUser(User):
 
     @task
     def drive(self) -> None:
-        board = lifecycle.STATE.board
+        board = self.board
         try:
             while board.drivers is None:  # until spawning completes and the rate's split is known
                 gevent.sleep(DRIVER_POLL_S)
@@ -214,12 +244,21 @@ class OpenLoopUser(User):
                     continue
                 now = CLOCK.now()
                 if now < next_t:
+                    # refresh the loop's cached clock first: a timer counts from it, and a stale one
+                    # (after a busy iteration) makes the send leave late by however stale it was
+                    gevent.get_hub().loop.update_now()
                     gevent.sleep(min(next_t - now, DRIVER_POLL_S))
                     continue
                 while next_t <= now:  # everything due, even if this loop woke late: never skip a send
                     index = self.cursor
                     self.cursor = (self.cursor + 1) % self.n_payloads
                     for model in self.models:
+                        if len(self.sends) >= self.queue_limit:  # in flight + waiting: capped, never unbounded
+                            self.process.count_dropped(model, stage)
+                            self.process.warn_once("queue-full", "loadtest: open-loop sends are dropped (and counted): "
+                                                "%d already in flight or waiting; the server cannot keep up with "
+                                                "the rate (raise --max-in-flight or lower the rate)", self.queue_limit)
+                            continue
                         self.sends.spawn(self._send, model, self.requests[model][index], next_t, stage, version)
                     next_t += self._gap(rate)
         except GreenletExit:

@@ -41,8 +41,12 @@ def gpu_exporter(
 
     from rich.console import Console
 
+    from loadtest import bounds
     from loadtest.observability.exporter import GPUExporter
 
+    bounds.check_port("--port", port, zero_means="pick a free port")
+    bounds.check_bind_address("--address", address)
+    bounds.check_number("--interval", interval, 0, 3600, low_open=True, unit="s")
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     exporter = GPUExporter(port=port, address=address, interval_s=interval)
     if exporter.nvml_reason is not None:

@@ -9,52 +9,18 @@ INT64 ``input_ids`` / ``attention_mask`` / ``token_type_ids`` as the model's con
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import numpy as np
 
+from loadtest.endpoint import parse_endpoint
 from loadtest.errors import LoadtestError
+from loadtest.modelspec import ModelSpec
 from loadtest.quality.dataset import EncodedInputs
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """What the client needs to know about one model: from the repository's config.pbtxt."""
-
-    name: str
-    inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype)
-    output: str
-    max_batch_size: int  # 0: the model takes no batch dimension of its own, one example per request
-    feed: str = "tokens"  # tokens (input_ids, ...), text (one BYTES input), tensors (the set's input columns)
-
-    @property
-    def takes_text(self) -> bool:
-        """One BYTES input: the model tokenises inside Triton (e.g. a ``--with-tokenizer`` ensemble)."""
-        return self.feed == "text"
-
-
-def describe_model(repository, name: str) -> ServedModel:
-    """Read a model's inputs, output and max_batch_size from ``config.pbtxt`` (via ModelRepository)."""
-    from loadtest.repository import tensor_specs
-
-    config = repository.read_config(name)
-    inputs = tensor_specs(config.input)
-    unknown = [spec.name for spec in inputs if spec.name not in KNOWN_INPUTS]
-    if unknown:
-        raise LoadtestError(f"model '{name}' takes inputs {unknown} that a text classifier client cannot build (known: {', '.join(KNOWN_INPUTS)})")
-    if not any(spec.name == "input_ids" for spec in inputs):
-        raise LoadtestError(f"model '{name}' has no 'input_ids' input in its config.pbtxt")
-    outputs = [spec.name for spec in tensor_specs(config.output)]
-    if not outputs:
-        raise LoadtestError(f"model '{name}' declares no output in its config.pbtxt")
-    output = "logits" if "logits" in outputs else outputs[0]
-    return ServedModel(name, tuple((s.name, s.dtype) for s in inputs), output, int(config.max_batch_size))
-
-
-def served_model(model) -> ServedModel:
+def served_model(model) -> ModelSpec:
     """A classifier as the *server* describes it (``loadtest.load.server_models.ServerModel``).
 
     Fed as: ``text`` (a single BYTES input taking the text itself: a model that tokenises inside Triton,
@@ -84,26 +50,21 @@ def served_model(model) -> ServedModel:
             f"model '{model.name}' has outputs {[t.name for t in model.outputs]}: loadtest eval reads 'logits' "
             "(or a single floating-point output) as the class scores"
         )
-    return ServedModel(model.name, inputs, output, int(model.max_batch_size), feed)
-
-
-def parse_host(host: str) -> tuple[str, str]:
-    """``http://h:p`` / ``grpc://h:p`` / ``h:p`` -> (protocol, "h:p")."""
-    parsed = urlparse(host if "://" in host else f"http://{host}")
-    if parsed.scheme not in ("http", "grpc"):
-        raise LoadtestError(f"--host {host!r}: use http://HOST:PORT (or grpc://HOST:PORT)")
-    if not parsed.hostname:
-        raise LoadtestError(f"--host {host!r} names no host")
-    port = parsed.port or (8001 if parsed.scheme == "grpc" else 8000)
-    return parsed.scheme, f"{parsed.hostname}:{port}"
+    return ModelSpec(model.name, inputs, (output,), int(model.max_batch_size), feed)
 
 
 class TritonEvaluator:
     """A tritonclient connection that returns each model's logits for a set of encoded examples."""
 
     def __init__(self, host: str, timeout_s: float = 120.0):
-        self.host = host
-        self.protocol, self.address = parse_host(host)
+        from loadtest.credentials import grpc_client_tls, http_client_tls, load_credentials, split_host
+
+        clean, user_info = split_host(host)
+        self.host = clean  # what messages show: never the user-info
+        self.endpoint = parse_endpoint(clean)
+        self.protocol, self.address, self.ssl = self.endpoint.protocol, self.endpoint.address, self.endpoint.ssl
+        credentials = load_credentials(user_info)
+        self.headers = credentials.request_headers(self.protocol)
         self.timeout_s = timeout_s
         if self.protocol == "grpc":
             import tritonclient.grpc as client_module
@@ -112,13 +73,15 @@ class TritonEvaluator:
         self._module = client_module
         try:
             if self.protocol == "grpc":
-                self._client = client_module.InferenceServerClient(self.address)
+                tls = grpc_client_tls(credentials) if self.ssl else {}
+                self._client = client_module.InferenceServerClient(self.address, **tls)
             else:
+                tls = http_client_tls(credentials) if self.ssl else {}
                 self._client = client_module.InferenceServerClient(
-                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s
+                    self.address, connection_timeout=timeout_s, network_timeout=timeout_s, **tls
                 )
         except Exception as exc:  # malformed address and the like
-            raise LoadtestError(f"cannot create a Triton client for {host}: {exc}") from None
+            raise LoadtestError(f"cannot create a Triton client for {self.host}: {exc}") from None
 
     def close(self) -> None:
         self._client.close()
@@ -135,13 +98,26 @@ class TritonEvaluator:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
-            raise LoadtestError(f"Triton at {self.host}: {what}: {exc.message() or exc}") from None
+            text = " ".join(str(exc.message() or exc).split())
+            if self.protocol == "grpc" and ("UNAVAILABLE" in text or "HTTP/2" in text):
+                raise LoadtestError(
+                    f"cannot reach Triton's gRPC at {self.host} ({what}: {text[:200]}); is it running, and is this its "
+                    "gRPC port (usually 8001, HTTP is 8000)?"
+                ) from None
+            raise LoadtestError(f"Triton at {self.host}: {what}: {text}") from None
         except (OSError, ConnectionError) as exc:
             raise LoadtestError(f"cannot reach Triton at {self.host} ({what}): {exc}") from None
+        except Exception as exc:  # e.g. HTTP spoken to the gRPC port: the answer is not HTTP at all
+            other = "gRPC (usually 8001)" if self.protocol == "http" else "HTTP (usually 8000)"
+            raise LoadtestError(
+                f"Triton at {self.host} did not answer {self.protocol.upper()} ({what}: {type(exc).__name__}); "
+                f"is this the {other} port? use http://HOST:8000 or grpc://HOST:8001"
+            ) from None
 
     def check_ready(self, names: list[str]) -> None:
         """Fail with one line when the server is down or a model is not loaded."""
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        kwargs["headers"] = self.headers
         if not self._call("is the server live?", self._client.is_server_live, **kwargs):
             raise LoadtestError(f"Triton at {self.host} is not live")
         for name in names:
@@ -152,7 +128,7 @@ class TritonEvaluator:
 
     def logits(
         self,
-        model: ServedModel,
+        model: ModelSpec,
         encoded: EncodedInputs,
         batch_size: int,
         pad_id: int = 0,
@@ -187,7 +163,7 @@ class TritonEvaluator:
                 out = out.reshape(1, -1)
             if out.ndim != 2 or out.shape[0] != len(rows):
                 raise LoadtestError(
-                    f"model '{model.name}' returned '{model.output}' of shape {list(out.shape)} for a batch of {len(rows)};"
+                    f"model '{model.name}' returned '{model.primary_output}' of shape {list(out.shape)} for a batch of {len(rows)};"
                     " expected [batch, num_labels]"
                 )
             if result is None:
@@ -200,7 +176,7 @@ class TritonEvaluator:
         assert result is not None
         return result
 
-    def _batch_arrays(self, model: ServedModel, encoded: EncodedInputs, rows: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+    def _batch_arrays(self, model: ModelSpec, encoded: EncodedInputs, rows: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
         length = int(max(encoded.sent_tokens[rows]))
         ids = np.full((len(rows), length), pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
@@ -214,7 +190,7 @@ class TritonEvaluator:
         built = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: built[name].astype(dtype) for name, dtype in model.inputs}
 
-    def _infer(self, model: ServedModel, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    def _infer(self, model: ModelSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
         from tritonclient.utils import np_to_triton_dtype
 
         inputs = []
@@ -226,12 +202,12 @@ class TritonEvaluator:
                 tensor.set_data_from_numpy(array, binary_data=True)
             inputs.append(tensor)
         if self.protocol == "grpc":
-            outputs = [self._module.InferRequestedOutput(model.output)]
-            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            outputs = [self._module.InferRequestedOutput(model.primary_output)]
+            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s, headers=self.headers)
         else:
-            outputs = [self._module.InferRequestedOutput(model.output, binary_data=True)]
-            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs)
-        out = response.as_numpy(model.output)
+            outputs = [self._module.InferRequestedOutput(model.primary_output, binary_data=True)]
+            response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, headers=self.headers)
+        out = response.as_numpy(model.primary_output)
         if out is None:
-            raise LoadtestError(f"model '{model.name}' returned no '{model.output}' output")
+            raise LoadtestError(f"model '{model.name}' returned no '{model.primary_output}' output")
         return np.asarray(out, dtype=np.float64)

@@ -83,6 +83,8 @@ def read_table(path: Path) -> pd.DataFrame:
             raise LoadtestError(f"evaluation dataset {path}: unsupported format '{suffix}' (use .parquet, .jsonl or .csv)")
     except LoadtestError:
         raise
+    except UnicodeDecodeError:
+        raise LoadtestError(f"evaluation dataset {path} is not UTF-8 text: save it as UTF-8 {suffix}") from None
     except Exception as exc:  # pyarrow/pandas/json parse errors: the file is at fault, not us
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LoadtestError(f"cannot read evaluation dataset {path}: {first_line}") from None

@@ -18,6 +18,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from loadtest.analysis.metric_registry import METRICS
 from loadtest.errors import LoadtestError
 from loadtest.quality.fairness import FAIRNESS_METRICS
 from loadtest.quality.genscoring import GENERATIVE_METRICS, SUBSET_METRICS
@@ -25,23 +26,7 @@ from loadtest.quality.scoring import QUALITY_METRICS
 from loadtest.quality.slices import OVERALL
 
 # comparison.csv metric -> higher is better? (None: neither; cannot be a regression rule)
-SERVING_METRICS: dict[str, bool | None] = {
-    "requests": None,
-    "achieved_qps": True,
-    "tokens_per_s": True,
-    "p50_ms": False,
-    "p95_ms": False,
-    "p99_ms": False,
-    "error_rate": False,
-    "mean_batch_size": None,
-    "server_queue_ms": False,
-    "server_compute_infer_ms": False,
-    "qps_at_budget": True,
-    "tokens_per_s_at_budget": True,
-    "cost_per_1m_tokens_usd": False,
-    "cost_per_1k_requests_usd": False,
-    "energy_per_1m_tokens_j": False,
-}
+SERVING_METRICS: dict[str, bool | None] = {m.name: m.higher_is_better for m in METRICS.values()}
 KNOWN_METRICS = {
     **{k: v[0] for k, v in QUALITY_METRICS.items()},
     **{k: v[0] for k, v in GENERATIVE_METRICS.items()},
@@ -89,8 +74,8 @@ class _Rule(BaseModel):
 class ThresholdRule(_Rule):
     """``min``/``max`` on a figure; ``ratio: true`` applies them to student / teacher instead."""
 
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
     ratio: bool = Field(False, description="compare student / teacher rather than the model's own value")
 
     @model_validator(mode="after")
@@ -105,8 +90,8 @@ class ThresholdRule(_Rule):
 class RegressionRule(_Rule):
     """Fails when the figure is worse than the baseline run's by more than the allowance."""
 
-    max_worsening: float | None = Field(None, ge=0, description="allowed worsening, in the metric's own units")
-    max_worsening_pct: float | None = Field(None, ge=0, description="allowed worsening, % of the baseline value")
+    max_worsening: float | None = Field(None, ge=0, allow_inf_nan=False, description="allowed worsening, in the metric's own units")
+    max_worsening_pct: float | None = Field(None, ge=0, allow_inf_nan=False, description="allowed worsening, % of the baseline value")
 
     @model_validator(mode="after")
     def _direction(self):
@@ -138,7 +123,9 @@ def load_policy(path: Path | str) -> GatePolicy:
     if not path.is_file():
         raise LoadtestError(f"gate policy {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise LoadtestError(f"gate policy {path} is not UTF-8 text: give the YAML policy itself") from None
     except yaml.YAMLError as exc:
         raise LoadtestError(f"gate policy {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:

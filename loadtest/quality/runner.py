@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loadtest.credentials import redact_url
 from loadtest.errors import LoadtestError
 from loadtest.quality import metrics as m
 from loadtest.quality.dataset import EncodedInputs, EvalDataset, frozen_set_hash
@@ -221,15 +222,17 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
 
     from loadtest.quality import results as store
     from loadtest.load.preflight import check_server
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
     from loadtest.quality.client import TritonEvaluator, served_model
     from loadtest.quality.dataset import encode, load_dataset, tensors_only, text_only
     from loadtest.repository import METADATA_FILE, ModelRepository
     from loadtest.tokenizer import FastTokenizer
 
     console = console or Console(stderr=True)
-    if settings.batch_size < 1:
-        raise LoadtestError("--batch-size must be at least 1")
+    from loadtest import bounds
+
+    bounds.check_number("--batch-size", settings.batch_size, 1, bounds.MAX_BATCH_SIZE)
+    bounds.check_number("--timeout", settings.timeout_s, 0, bounds.MAX_TIMEOUT_S, low_open=True, unit="s")
     if not 0.0 < settings.rare_threshold < 1.0:
         raise LoadtestError("--rare-threshold is a fraction of the evaluation set, between 0 and 1 (e.g. 0.1)")
     if not 0.0 < settings.hard_margin <= 1.0:
@@ -238,6 +241,8 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
         raise LoadtestError("--min-slice-n must be at least 1")
     if settings.run_dir is not None:
         store.check_writable(settings.run_dir, settings.overwrite)
+    else:
+        bounds.check_writable_dir("--results", settings.results)
 
     repository = ModelRepository(settings.repository)
     metadata = repository.read_metadata() if (repository.path / METADATA_FILE).is_file() else None
@@ -249,9 +254,12 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
     labels = list(settings.labels or metadata.labels)
     max_length = metadata.max_sequence_length if metadata is not None else 512
     names = {"teacher": settings.teacher or metadata.teacher, "student": settings.student or metadata.student}
+    from loadtest.credentials import load_credentials, split_host
+
+    clean_host, user_info = split_host(settings.host)
     checked = check_server(
-        parse_endpoint(settings.host), list(dict.fromkeys(names.values())), wait_ready_s=settings.wait_ready_s,
-        timeout_s=min(settings.timeout_s, 10.0),
+        parse_endpoint(clean_host), list(dict.fromkeys(names.values())), wait_ready_s=settings.wait_ready_s,
+        timeout_s=min(settings.timeout_s, 10.0), credentials=load_credentials(user_info),
     )  # fmt: skip
     by_name = {model.name: model for model in checked.models}
     served = {role: served_model(by_name[name]) for role, name in names.items()}
@@ -336,7 +344,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
                 "start": started,
                 "end": finished,
                 "models": names,
-                "settings": {k: str(v) for k, v in asdict(settings).items()},
+                "settings": {k: str(redact_url(v) if k == "host" else v) for k, v in asdict(settings).items()},
             },
         )
     result.summary.update(
@@ -344,7 +352,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(finished)),
             "start": started,
             "end": finished,
-            "host": settings.host,
+            "host": redact_url(settings.host),
             "repository": str(repository.path),
             "models": names,
             "max_sequence_length": max_length,

@@ -38,6 +38,8 @@ def serve(
 
     from loadtest.serving.embedded import EmbeddedTriton, ServerPorts
 
+    check_serve_options(repo, (("--http-port", http_port), ("--grpc-port", grpc_port), ("--metrics-port", metrics_port)),
+                        address)  # fmt: skip
     console = Console()
     server = EmbeddedTriton(
         repo,
@@ -91,6 +93,28 @@ def serve(
         with console.status("stopping Triton ..."):
             server.stop()
         console.print("Triton stopped.")
+
+
+def check_serve_options(repo: Path, ports, address: str) -> None:
+    """Ports in range, a bindable address, a repository that exists: one line each, before Triton starts."""
+    import socket
+
+    from loadtest import bounds
+    from loadtest.errors import LoadtestError
+
+    for option, port in ports:
+        bounds.check_port(option, port, zero_means="pick a free port")
+    ip = bounds.check_bind_address("--address", address)
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((ip, 0))
+        except OSError:
+            raise LoadtestError(
+                f"--address {address} is not an address of this machine: use 127.0.0.1 (local only) or 0.0.0.0"
+            ) from None
+    if not Path(repo).is_dir():
+        raise LoadtestError(f"model repository {repo} does not exist: pass --repo (or run `loadtest export`)")
 
 
 def register(app: typer.Typer) -> None:
