@@ -189,6 +189,8 @@ CASES = [
     ("demo-rate-inf", ["demo", "--rate", "inf"], "--rate"),
     ("demo-percentile", ["demo", "--percentile", "100"], "--percentile"),
     ("demo-results-under-file", ["demo", "--results", "{file}/results"], "--results"),
+    ("demo-generative-slo", ["demo", "--generative", "--slo", "ttft_ms=100"], "--slo"),
+    ("genpair-cache-under-file", ["genpair", "--cache-dir", "{file}/cache"], "cache"),
     ("export-missing-teacher", ["export", "--teacher", "no-such-model", "--repo", "out"], "no-such-model"),
     ("gpu-exporter-port", ["gpu-exporter", "--port", "70000"], "--port"),
     ("prometheus-config-unwritable", ["prometheus-config", "--triton", "127.0.0.1:8002", "-o", "{file}/p.yml"],
