@@ -1,7 +1,7 @@
 """A run's headline figures per model, straight from the raw records.
 
 Why: what a load-test command prints must be reproducible by anyone with numpy and the Parquet files.
-Percentiles are numpy's ``linear`` method on every raw latency (METHOD.md); nothing is bucketed or
+Percentiles are numpy's ``linear`` method on every raw latency (docs/method.md); nothing is bucketed or
 rounded here (rounding happens only when a table is printed). Never imports Locust or gevent.
 """
 
