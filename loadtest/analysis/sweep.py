@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from loadtest.analysis.capacity import StepResult, StepRules, step_result
+from loadtest.analysis.capacity import FAILED, UNSTABLE, StepReason, StepResult, StepRules, step_result
 from loadtest.errors import LoadtestError
 
 STEPS_DIR = "steps"
@@ -85,7 +85,7 @@ def _only_stability(step: StepResult, budget_ms: float) -> bool:
     """Failed only for instability (not load, errors or length), with its percentile within budget."""
     if step.latency_ms > budget_ms:
         return False
-    unstable_reasons = bool(step.reasons) and all("unstable" in r for r in step.reasons)  # throughput spread
+    unstable_reasons = bool(step.reasons) and all(r.code == UNSTABLE for r in step.reasons)  # throughput spread
     return unstable_reasons or (not step.reasons and step.drifts_past(budget_ms))
 
 
@@ -254,7 +254,7 @@ def _failed_step(model: str, label: str, settings: SweepSettings, why: str) -> S
         model=model, stage=label, loop=settings.mode, offered_rate=load if settings.mode == "open" else None,
         users=int(load) if settings.mode == "closed" else None, duration_s=0.0, requests=0, successes=0,
         error_rate=1.0, achieved_qps=0.0, tokens_per_s=0.0, percentile=settings.percentile, latency_ms=math.inf,
-        ci_low_ms=math.nan, ci_high_ms=math.nan, counted=False, reasons=[f"error rate 100% ({why[:160]})"],
+        ci_low_ms=math.nan, ci_high_ms=math.nan, counted=False, reasons=[StepReason(FAILED, f"error rate 100% ({why[:160]})")],
     )
 
 
@@ -381,7 +381,7 @@ def _result_summary(result: SearchResult, settings: SweepSettings) -> dict:
         "resolution_pct": result.resolution * 100 if result.resolution is not None else None,
         "steps": len(result.steps),
         "stopped": result.stopped,
-        "step_results": [dict(asdict(s), reasons="; ".join(s.reasons)) for s in result.steps],
+        "step_results": [dict(asdict(s), reasons="; ".join(r.text for r in s.reasons)) for s in result.steps],
     }
 
 
