@@ -127,7 +127,7 @@ def test_openai_completions_open_loop_and_whole_answers(openai_server, llm_model
     from typer.testing import CliRunner
 
     from loadtest.cli import app
-    from loadtest.load.records import read_records
+    from loadtest.rundir import read_records
 
     result = CliRunner().invoke(app, ["run", "llm", "--host", openai_server.url, "--api", "openai-completions",
                                       "--models", teacher, "--tokenizer", teacher, "--lengths", "uniform:6:20",

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow.compute as pc
 from _load_helpers import Staller, success_delta, triton_success
 
-from loadtest.load.records import read_records
 from loadtest.load.runner import SCENARIOS_DIR, run_locust
 from loadtest.load.summary import latency_percentiles
+from loadtest.rundir import read_records
 
 TIMEOUT_S = 150
 

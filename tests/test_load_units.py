@@ -21,12 +21,13 @@ from _load_repo import make_repository
 from loadtest.errors import LoadtestError
 from loadtest.load.client_metrics import LATENCY_BUCKETS_S, ClientMetrics, metrics_port_for
 from loadtest.load.payloads import LengthDistribution, PayloadSpec, build_payloads, model_arrays
-from loadtest.load.records import COLUMNS, SCHEMA, Record, RecordWriter, read_records, shard_paths
-from loadtest.load.rundir import RunDir, claim_run_dir, create_run_dir, new_run_id
+from loadtest.endpoint import parse_endpoint
+from loadtest.load.records import RecordWriter
 from loadtest.load.runner import build_command, scenario_path
-from loadtest.load.settings import OPTIONS, LoadOptions, parse_endpoint
+from loadtest.load.settings import OPTIONS, LoadOptions
 from loadtest.load.stages import StageBoard, parse_duration, parse_stage_plan, stage_at
 from loadtest.load.summary import latency_percentiles, summarize_table
+from loadtest.rundir import COLUMNS, SCHEMA, Record, RunDir, claim_run_dir, create_run_dir, new_run_id, read_records, shard_paths
 
 PY = sys.executable
 
@@ -40,8 +41,9 @@ def test_library_side_never_imports_locust_or_gevent():
     code = (
         "import sys\n"
         "import loadtest.load, loadtest.load.payloads, loadtest.load.records, loadtest.load.client_metrics\n"
-        "import loadtest.load.rundir, loadtest.load.runner, loadtest.load.summary, loadtest.load.context\n"
-        "import loadtest.load.commands, loadtest.load.stages, loadtest.load.settings\n"
+        "import loadtest.rundir, loadtest.load.runner, loadtest.load.summary, loadtest.load.context\n"
+        "import loadtest.load.commands, loadtest.load.stages, loadtest.load.settings, loadtest.load.process\n"
+        "import loadtest.load.snapshots, loadtest.endpoint, loadtest.modelspec\n"
         "bad = [m for m in ('locust', 'gevent') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -20,6 +20,7 @@ from loadtest.analysis import stats
 from loadtest.analysis.capacity import Capacity, StepResult, StepRules, capacity_at_budget, run_steps
 from loadtest.analysis.costs import DEFAULT_GRID_G_PER_KWH, CostBook, CostFigures, cost_figures, load_cost_book
 from loadtest.analysis.footprint import Footprint, footprints
+from loadtest.analysis.metric_registry import METRICS
 from loadtest.analysis.records import ALL_STAGES, RunData, completed_within, distinct, load_run, stage_frames, window_of
 from loadtest.errors import LoadtestError
 
@@ -222,69 +223,28 @@ def latency_table(run: RunData, snaps: list[sm.Snapshot], percentile: float) -> 
 # ----------------------------------------------------------------------------------------------------
 # comparison
 
-# metric -> (unit, column of the reference latency row or a capacity/cost attribute, higher_is_better)
-COMPARISON_METRICS: list[tuple[str, str, bool]] = [
-    # resource footprint first (loadtest.analysis.footprint): the KPI tables of a distillation review start here
-    ("parameters", "count", False),
-    ("size_on_disk_mb", "MB", False),
-    ("flops_per_request", "FLOPs", False),
-    ("flops_per_token", "FLOPs", False),
-    ("peak_rss_mb", "MB", False),
-    ("nonfinite_outputs", "count", False),
-    ("requests", "count", True),
-    ("achieved_qps", "req/s", True),
-    ("tokens_per_s", "tokens/s", True),
-    ("p50_ms", "ms", False),
-    ("p90_ms", "ms", False),
-    ("p95_ms", "ms", False),
-    ("p99_ms", "ms", False),
-    ("p999_ms", "ms", False),
-    ("max_ms", "ms", False),
-    ("error_rate", "fraction", False),
-    ("mean_batch_size", "requests/batch", True),
-    ("server_queue_ms", "ms", False),
-    ("server_compute_input_ms", "ms", False),
-    ("server_compute_infer_ms", "ms", False),
-    ("server_compute_output_ms", "ms", False),
-    ("qps_at_budget", "req/s", True),
-    ("tokens_per_s_at_budget", "tokens/s", True),
-    ("cost_per_1m_tokens_usd", "USD", False),
-    ("cost_per_1k_requests_usd", "USD", False),
-    ("energy_per_1m_tokens_j", "J", False),
-    ("co2e_g_per_1m_tokens", "g", False),
-]
-HIGHER_IS_BETTER = {m: h for m, _, h in COMPARISON_METRICS}
-
-
 def figures_for(model: str | None, ref_row: dict | None, cap: Capacity | None, cost: CostFigures | None,
                 footprint: Footprint | None = None) -> dict[str, float]:
     """Every comparison figure of one model (nan where not measured)."""
-    out: dict[str, float] = {m: math.nan for m, _, _ in COMPARISON_METRICS}
+    out: dict[str, float] = {name: math.nan for name in METRICS}
     if model is None:
         return out
-    if footprint is not None:
-        for m in ("parameters", "size_on_disk_mb", "flops_per_request", "flops_per_token", "peak_rss_mb",
-                  "nonfinite_outputs"):
-            v = getattr(footprint, m)
-            out[m] = float(v) if v is not None else math.nan
-    if ref_row:
-        for m in out:
-            if m in ref_row and ref_row[m] is not None:
-                out[m] = float(ref_row[m])
-    if cap is not None:
-        out["qps_at_budget"] = cap.qps_at_budget if cap.qps_at_budget is not None else math.nan
-        out["tokens_per_s_at_budget"] = cap.tokens_per_s_at_budget if cap.tokens_per_s_at_budget is not None else math.nan
-    if cost is not None:
-        for m in ("cost_per_1m_tokens_usd", "cost_per_1k_requests_usd", "energy_per_1m_tokens_j", "co2e_g_per_1m_tokens"):
-            v = getattr(cost, m)
-            out[m] = v if v is not None else math.nan
+    for name, metric in METRICS.items():
+        if metric.source == "latency":
+            value = ref_row.get(name) if ref_row else None
+        else:
+            source = {"capacity": cap, "cost": cost, "footprint": footprint}[metric.source]
+            value = getattr(source, name, None) if source is not None else None
+        if value is not None:
+            out[name] = float(value)
     return out
 
 
 def comparison_table(teacher: dict[str, float], student: dict[str, float]) -> pd.DataFrame:
     """``metric, unit, teacher, student, student_over_teacher, saving_pct`` (saving = 1 - S/T, in %)."""
     rows = []
-    for metric, unit, _ in COMPARISON_METRICS:
+    for metric, spec in METRICS.items():
+        unit = spec.unit
         t, s = teacher.get(metric, math.nan), student.get(metric, math.nan)
         ratio = s / t if math.isfinite(t) and math.isfinite(s) and t != 0 else math.nan
         rows.append(
@@ -478,7 +438,8 @@ def compare_with_baseline(current: Analysis, baseline: Analysis) -> BaselineComp
     rows = []
     changes: dict[str, stats.DifferenceTest] = {}
     for role in ("teacher", "student"):
-        for metric, unit, _ in COMPARISON_METRICS:
+        for metric, spec in METRICS.items():
+            unit = spec.unit
             b = baseline.comparison.set_index("metric").at[metric, role]
             c = current.comparison.set_index("metric").at[metric, role]
             change = (c / b - 1) * 100 if math.isfinite(b) and math.isfinite(c) and b != 0 else math.nan

@@ -200,8 +200,7 @@ class GenerativeAnalysis:
 
 
 def load_generative_records(run_dir: Path) -> tuple[dict, pd.DataFrame]:
-    from loadtest.analysis.records import read_manifest
-    from loadtest.load.records import read_records
+    from loadtest.rundir import read_manifest, read_records
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -219,7 +218,7 @@ def load_generative_records(run_dir: Path) -> tuple[dict, pd.DataFrame]:
 
 
 def is_generative_run(run_dir: Path) -> bool:
-    from loadtest.analysis.records import read_manifest
+    from loadtest.rundir import read_manifest
 
     return read_manifest(Path(run_dir)).get("workload") == "generative"
 
@@ -287,7 +286,7 @@ def costing(a: GenerativeAnalysis, model: str, cost_file: Path | None, instance:
     start, end = float(mine["intended_start"].min()), float(mine["end"].max())
     others = a.records[(a.records["model"] != model)]
     shared = not others.empty and float(others["intended_start"].min()) < end and float(others["end"].max()) > start
-    snaps, _ = sm.read_snapshots(a.run_dir) if (a.run_dir / "metrics").is_dir() else ([], [])
+    snaps, _ = sm.read_snapshots(a.run_dir)
     if sm.has_gpu_metrics(snaps):
         if shared:
             method = "not attributable: another model was under load at the same time"

@@ -17,7 +17,8 @@ from loadtest.errors import LoadtestError
 from loadtest.generative.prompts import Prompt, PromptSpec, TokenCounter, build_prompts, load_tokenizer
 from loadtest.generative.protocols import OPENAI_CHAT, TRITON_GENERATE, TRITON_GRPC
 from loadtest.generative.settings import GenerationOptions
-from loadtest.load.settings import Endpoint, LoadOptions, parse_endpoint
+from loadtest.endpoint import Endpoint, parse_endpoint
+from loadtest.load.settings import LoadOptions
 
 CONFIG_TIMEOUT_S = 10.0
 

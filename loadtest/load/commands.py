@@ -195,7 +195,7 @@ def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arriva
     """Every option of ``loadtest run`` checked before a run directory exists or Locust starts (one line each)."""
     from loadtest import bounds
     from loadtest.errors import LoadtestError
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
     from loadtest.load.stages import parse_duration, parse_stage_plan
 
     parse_endpoint(host)

@@ -34,7 +34,8 @@ from loadtest.generative.prompts import Prompt
 from loadtest.generative.timing import StreamTiming, itl_s
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.clock import CLOCK
-from loadtest.load.records import Record
+from loadtest.load.records import RECORD_KEY
+from loadtest.rundir import Record
 
 WARMUP_STAGE = "warmup"
 API_KEY_ENV = ("LOADTEST_API_KEY", "OPENAI_API_KEY")
@@ -215,7 +216,7 @@ class StreamingClient:
             response_time=e2e * 1000.0,
             response_length=int(output_tokens or 0),
             exception=GenerationError(error) if error is not None else None,
-            context={"loadtest_record": record},
+            context={RECORD_KEY: record},
             start_time=record.intended_start,
         )
         return error is None

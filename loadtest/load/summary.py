@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from loadtest.load.records import read_records
+from loadtest.rundir import read_records
 
 PERCENTILE_METHOD = "linear"
 PERCENTILES = (50.0, 95.0, 99.0)
