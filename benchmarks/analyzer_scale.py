@@ -37,7 +37,7 @@ MODELS = {"teacher": (0.030, 0.35), "student": (0.012, 0.35)}  # lognormal media
 
 
 def _schema() -> pa.Schema:
-    from loadtest.load.records import SCHEMA
+    from loadtest.rundir import SCHEMA
 
     return SCHEMA
 

@@ -59,7 +59,7 @@ def run_demo(options: DemoOptions, console=None) -> Path:
     from exporters.pipeline import export_pair
     from loadtest.console import make_progress, output_console
     from loadtest.demopair.build import DemoSettings, build_or_reuse
-    from loadtest.load.rundir import create_run_dir
+    from loadtest.rundir import create_run_dir
     from loadtest.repository import TritonModelSettings
     from loadtest.serving import EmbeddedTriton, ServerPorts
 

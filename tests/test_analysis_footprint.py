@@ -20,7 +20,7 @@ from analyzer_scale import write_synthetic_run  # noqa: E402
 
 from loadtest.analysis.analyze import compute  # noqa: E402
 from loadtest.analysis.footprint import count_flops, nonfinite_counts  # noqa: E402
-from loadtest.load.records import NONFINITE_ERROR, SCHEMA  # noqa: E402
+from loadtest.rundir import NONFINITE_ERROR, SCHEMA  # noqa: E402
 
 HIDDEN, LABELS = 8, 3
 

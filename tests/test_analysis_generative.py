@@ -11,8 +11,8 @@ import pytest
 from loadtest.analysis import generative
 from loadtest.analysis.generative import SLO, per_request, window_figures
 from loadtest.errors import LoadtestError
-from loadtest.load.records import Record, RecordWriter
-from loadtest.load.rundir import RunDir
+from loadtest.load.records import RecordWriter
+from loadtest.rundir import Record, RunDir
 
 
 def _record(t0, ttft, e2e, out_tokens, chunks, model="teacher", ok=True, stage="steady", intended_lag=0.0):
@@ -22,7 +22,7 @@ def _record(t0, ttft, e2e, out_tokens, chunks, model="teacher", ok=True, stage="
 
 
 def _frame(records):
-    from loadtest.load.records import rows_to_table
+    from loadtest.rundir import rows_to_table
 
     return rows_to_table(records).to_pandas()
 

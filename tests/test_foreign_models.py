@@ -189,7 +189,7 @@ def test_load_right_after_serve_starts_sees_no_unloaded_model(tmp_path):
         )  # fmt: skip
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert time.monotonic() - started > 0
-        from loadtest.load.records import read_records
+        from loadtest.rundir import read_records
 
         records = read_records(next((tmp_path / "results").iterdir())).to_pandas()
         assert len(records) > 0 and records["success"].all(), records[~records["success"]]["error"].head()

@@ -28,7 +28,7 @@ from _load_helpers import Staller, success_delta, triton_success
 from _tls_proxy import TLSProxy, self_signed_cert
 
 from loadtest.cli import run_cli
-from loadtest.load.records import read_records
+from loadtest.rundir import read_records
 from loadtest.load.runner import run_locust
 from loadtest.repository import ModelRepository
 

@@ -114,7 +114,7 @@ def test_dataset_text_goes_into_bytes_inputs(tmp_path):
 @pytest.mark.parametrize(
     "model, settings, expected",
     [
-        (_model(ServerTensor("x", "BF16", (4,))), InputSettings(), "model 'm' input 'x' is BF16, a datatype loadtest cannot fill: give its values with --input-data"),
+        (_model(ServerTensor("x", "BF16", (4,))), InputSettings(), "model 'm' input 'x' is BF16, a datatype loadtest cannot send (it sends BOOL, BYTES, FP16"),
         (_model(ServerTensor("x", "FP32", (16,))), InputSettings(shapes={"x": (8,)}), "model 'm' input 'x' has static dims [16]; --input-shape may only set its variable (-1) dims"),
         (_model(ServerTensor("x", "FP32", (-1, 3))), InputSettings(shapes={"x": (8,)}), "model 'm' input 'x' has dims [-1, 3] (batch dimension excluded): give 2 dims"),
         (_model(ServerTensor("x", "FP32", (4,)), max_batch_size=0), InputSettings(batch_size=2), "model 'm' has max_batch_size 0 (no batch dimension); use --batch-size 1"),
@@ -205,7 +205,7 @@ def test_input_data_variable_dims_need_a_shape(tmp_path):
 # ---- pre-flight without a server -----------------------------------------------------------------
 def test_preflight_names_a_closed_port_and_an_unknown_host():
     from loadtest.load.preflight import check_server
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
     from loadtest.serving.ports import free_port
 
     port = free_port()
@@ -217,7 +217,7 @@ def test_preflight_names_a_closed_port_and_an_unknown_host():
 
 def test_preflight_waits_and_then_says_how_long(monkeypatch):
     from loadtest.load import preflight
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
     from loadtest.serving.ports import free_port
 
     slept, said = [], []

@@ -1,14 +1,15 @@
 """`analyze_run`: one run directory in, every table, the comparison and report.html out.
 
 This is the orchestration only; each figure's definition lives in its own module (stats, capacity,
-server_metrics, costs, compare). The result is a typed ``Analysis`` that the terminal renderer, the
-Markdown summary and the HTML report all read, so the three can never disagree.
+server_metrics, costs, footprint, metric_registry, verdict). The result is a typed ``Analysis``
+(``loadtest.analysis.result``) that the terminal renderer, the Markdown summary and the HTML report all
+read, so the three can never disagree; they import the result type, never this orchestrator.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,87 +21,13 @@ from loadtest.analysis import stats
 from loadtest.analysis.capacity import Capacity, StepResult, StepRules, capacity_at_budget, run_steps
 from loadtest.analysis.costs import DEFAULT_GRID_G_PER_KWH, CostBook, CostFigures, cost_figures, load_cost_book
 from loadtest.analysis.footprint import Footprint, footprints
+from loadtest.analysis.metric_registry import METRICS
 from loadtest.analysis.records import ALL_STAGES, RunData, completed_within, distinct, load_run, stage_frames, window_of
+from loadtest.analysis.result import Analysis, BaselineComparison, Reference
+from loadtest.analysis.verdict import verdict
 from loadtest.errors import LoadtestError
 
 DEFAULT_BUDGET_MS = 100.0
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Which records a model's headline figures (and the comparison) are computed on."""
-
-    model: str
-    stage: str  # ALL_STAGES, or the at-budget step of a sweep
-    description: str
-    latencies_s: np.ndarray = field(repr=False)  # successful requests' latencies, sorted ascending
-    basis: str = "whole run"  # "whole run", "matched load" or "at budget" (loads differ between models)
-
-
-@dataclass
-class Analysis:
-    """Everything `loadtest analyze` computed for one run."""
-
-    run_dir: Path
-    run_id: str
-    kind: str
-    teacher: str | None
-    student: str | None
-    models: list[str]
-    budget_ms: float
-    budget_source: str
-    percentile: float
-    rules: StepRules
-    latency: pd.DataFrame  # per model x stage (+ the whole run), client and server side
-    steps: list[StepResult]
-    capacity: dict[str, Capacity]
-    costs: dict[str, CostFigures]
-    cost_book: CostBook
-    comparison: pd.DataFrame  # the tables/comparison.csv contract
-    difference: stats.DifferenceTest | None
-    references: dict[str, Reference]
-    power: sm.PowerSeries | None
-    grid_g_per_kwh: float
-    verdict: str
-    notes: list[str]
-    baseline: "BaselineComparison | None" = None
-    footprints: dict[str, Footprint] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict)
-    windows: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)  # model -> (stage, start, end)
-    tables_dir: Path | None = None
-    report_path: Path | None = None
-
-    @property
-    def steps_frame(self) -> pd.DataFrame:
-        rows = []
-        for s in self.steps:
-            row = asdict(s)
-            row["window_latency_ms"] = ";".join(f"{v:.3f}" for v in s.window_latency_ms)
-            row["window_qps"] = ";".join(f"{v:.3f}" for v in s.window_qps)
-            row["reasons"] = "; ".join(s.reasons)
-            row["within_budget"] = s.within(self.budget_ms)
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-    @property
-    def capacity_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([dict(asdict(c), role=self.role(c.model)) for c in self.capacity.values()])
-
-    @property
-    def cost_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([dict(asdict(c), role=self.role(c.model)) for c in self.costs.values()])
-
-    def role(self, model: str) -> str:
-        return "teacher" if model == self.teacher else "student" if model == self.student else "other"
-
-
-@dataclass
-class BaselineComparison:
-    """Version over version: the same figures for a previous run, and what changed."""
-
-    baseline_dir: Path
-    deltas: pd.DataFrame  # role, metric, unit, baseline, current, change_pct
-    p95_changes: dict[str, stats.DifferenceTest]  # role -> current vs baseline
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -222,69 +149,28 @@ def latency_table(run: RunData, snaps: list[sm.Snapshot], percentile: float) -> 
 # ----------------------------------------------------------------------------------------------------
 # comparison
 
-# metric -> (unit, column of the reference latency row or a capacity/cost attribute, higher_is_better)
-COMPARISON_METRICS: list[tuple[str, str, bool]] = [
-    # resource footprint first (loadtest.analysis.footprint): the KPI tables of a distillation review start here
-    ("parameters", "count", False),
-    ("size_on_disk_mb", "MB", False),
-    ("flops_per_request", "FLOPs", False),
-    ("flops_per_token", "FLOPs", False),
-    ("peak_rss_mb", "MB", False),
-    ("nonfinite_outputs", "count", False),
-    ("requests", "count", True),
-    ("achieved_qps", "req/s", True),
-    ("tokens_per_s", "tokens/s", True),
-    ("p50_ms", "ms", False),
-    ("p90_ms", "ms", False),
-    ("p95_ms", "ms", False),
-    ("p99_ms", "ms", False),
-    ("p999_ms", "ms", False),
-    ("max_ms", "ms", False),
-    ("error_rate", "fraction", False),
-    ("mean_batch_size", "requests/batch", True),
-    ("server_queue_ms", "ms", False),
-    ("server_compute_input_ms", "ms", False),
-    ("server_compute_infer_ms", "ms", False),
-    ("server_compute_output_ms", "ms", False),
-    ("qps_at_budget", "req/s", True),
-    ("tokens_per_s_at_budget", "tokens/s", True),
-    ("cost_per_1m_tokens_usd", "USD", False),
-    ("cost_per_1k_requests_usd", "USD", False),
-    ("energy_per_1m_tokens_j", "J", False),
-    ("co2e_g_per_1m_tokens", "g", False),
-]
-HIGHER_IS_BETTER = {m: h for m, _, h in COMPARISON_METRICS}
-
-
 def figures_for(model: str | None, ref_row: dict | None, cap: Capacity | None, cost: CostFigures | None,
                 footprint: Footprint | None = None) -> dict[str, float]:
     """Every comparison figure of one model (nan where not measured)."""
-    out: dict[str, float] = {m: math.nan for m, _, _ in COMPARISON_METRICS}
+    out: dict[str, float] = {name: math.nan for name in METRICS}
     if model is None:
         return out
-    if footprint is not None:
-        for m in ("parameters", "size_on_disk_mb", "flops_per_request", "flops_per_token", "peak_rss_mb",
-                  "nonfinite_outputs"):
-            v = getattr(footprint, m)
-            out[m] = float(v) if v is not None else math.nan
-    if ref_row:
-        for m in out:
-            if m in ref_row and ref_row[m] is not None:
-                out[m] = float(ref_row[m])
-    if cap is not None:
-        out["qps_at_budget"] = cap.qps_at_budget if cap.qps_at_budget is not None else math.nan
-        out["tokens_per_s_at_budget"] = cap.tokens_per_s_at_budget if cap.tokens_per_s_at_budget is not None else math.nan
-    if cost is not None:
-        for m in ("cost_per_1m_tokens_usd", "cost_per_1k_requests_usd", "energy_per_1m_tokens_j", "co2e_g_per_1m_tokens"):
-            v = getattr(cost, m)
-            out[m] = v if v is not None else math.nan
+    for name, metric in METRICS.items():
+        if metric.source == "latency":
+            value = ref_row.get(name) if ref_row else None
+        else:
+            source = {"capacity": cap, "cost": cost, "footprint": footprint}[metric.source]
+            value = getattr(source, name, None) if source is not None else None
+        if value is not None:
+            out[name] = float(value)
     return out
 
 
 def comparison_table(teacher: dict[str, float], student: dict[str, float]) -> pd.DataFrame:
     """``metric, unit, teacher, student, student_over_teacher, saving_pct`` (saving = 1 - S/T, in %)."""
     rows = []
-    for metric, unit, _ in COMPARISON_METRICS:
+    for metric, spec in METRICS.items():
+        unit = spec.unit
         t, s = teacher.get(metric, math.nan), student.get(metric, math.nan)
         ratio = s / t if math.isfinite(t) and math.isfinite(s) and t != 0 else math.nan
         rows.append(
@@ -458,19 +344,17 @@ def compute(
         difference = stats.percentile_difference(
             references[s].latencies_s, references[t].latencies_s, p=95.0, resamples=bootstrap_resamples
         )
-    analysis = Analysis(
+    summary = verdict(teacher=t, student=s, models=run.models, percentile=pct, budget_ms=budget, comparison=comparison,
+                      capacity=capacity, costs=costs, difference=difference, references=references)  # fmt: skip
+    return Analysis(
         run_dir=run.run_dir, run_id=run.run_dir.name, kind=str(run.manifest.get("kind", "run")),
         teacher=t, student=s, models=run.models, budget_ms=budget, budget_source=budget_source, percentile=pct,
         rules=rules, latency=latency, steps=steps, capacity=capacity, costs=costs, cost_book=book,
         comparison=comparison, difference=difference, references=references, power=sm.power_series(snaps),
         footprints=prints,
-        grid_g_per_kwh=grid_g_per_kwh, verdict="", notes=notes, manifest=run.manifest,
+        grid_g_per_kwh=grid_g_per_kwh, verdict=summary, notes=notes, manifest=run.manifest,
         windows={m: [(p.stage, *p.window) for p in _model_windows(run, m)] for m in run.models},
     )
-    from loadtest.analysis.verdict import verdict
-
-    analysis.verdict = verdict(analysis)
-    return analysis
 
 
 def compare_with_baseline(current: Analysis, baseline: Analysis) -> BaselineComparison:
@@ -478,7 +362,8 @@ def compare_with_baseline(current: Analysis, baseline: Analysis) -> BaselineComp
     rows = []
     changes: dict[str, stats.DifferenceTest] = {}
     for role in ("teacher", "student"):
-        for metric, unit, _ in COMPARISON_METRICS:
+        for metric, spec in METRICS.items():
+            unit = spec.unit
             b = baseline.comparison.set_index("metric").at[metric, role]
             c = current.comparison.set_index("metric").at[metric, role]
             change = (c / b - 1) * 100 if math.isfinite(b) and math.isfinite(c) and b != 0 else math.nan

@@ -4,7 +4,7 @@ A *step* is one stage of one model (a shape stage, or a sweep step). It *counts*
 enough, with enough requests after warm-up, few errors, achieved >= 95 % of the offered rate (open loop),
 and a stable percentile and throughput across consecutive windows (perf_analyzer's stability windows).
 QPS at budget B is the highest achieved QPS among counted steps whose percentile is <= B; the interval up
-to the first failing offered load above it says how precisely that is known (METHOD.md). The sweep uses
+to the first failing offered load above it says how precisely that is known (docs/method.md). The sweep uses
 exactly these rules to decide its steps, so `loadtest analyze` on a sweep run reproduces its answer.
 """
 

@@ -194,7 +194,7 @@ def sweep(
     min_requests = 200 if min_requests is None else min_requests
     if mode not in ("open", "closed"):
         raise LoadtestError(f"--mode must be open or closed, got '{mode}'")
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
 
     parse_endpoint(host, protocol or "auto")
     _check_budget(budget_ms, percentile)
@@ -224,7 +224,7 @@ def sweep(
     names, roles = _models(repository, models)
     console = output_console()
     from loadtest.load.preflight import check_server
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
 
     with console.status(f"pre-flight: is {host} up with its models READY?") as status:
         checked = check_server(parse_endpoint(host, protocol or "auto"), names or None, wait_ready_s=wait_ready,
@@ -315,6 +315,7 @@ def plan(
     from loadtest.analysis.plan import plan as make_plan
     from loadtest.analysis.plan import plan_frame, saving_line
     from loadtest.analysis.views import who
+    from loadtest.rundir import RunDir
 
     bounds.check_number("--peak-qps", peak_qps, 0, bounds.MAX_PEAK_QPS, low_open=True, unit="req/s")
     bounds.check_number("--headroom", headroom, 1, 100, fix="1.3 keeps 30 % spare capacity")
@@ -328,7 +329,7 @@ def plan(
     with console.status(f"reading capacity from {run_dir}"):
         analysis = compute(run_dir, budget_ms=budget_ms, percentile=percentile, cost_file=cost_file, instance=instance)
     rows = make_plan(analysis, peak_qps, headroom)
-    folder = analysis.run_dir / "tables"
+    folder = RunDir(analysis.run_dir).tables_dir
     folder.mkdir(exist_ok=True)
     frame = plan_frame(rows)
     frame.to_csv(folder / "plan.csv", index=False)
@@ -361,7 +362,7 @@ def plan_generative(run_dir: Path, peak_qps: float, headroom: float, slo: str | 
     from loadtest.analysis import fmt, generative
     from loadtest.analysis.generative_sweep import plan_rows
     from loadtest.analysis.plan import plan_frame, saving_line
-    from loadtest.analysis.records import read_manifest
+    from loadtest.rundir import read_manifest
 
     objective = generative.SLO.parse(slo)
     if objective is None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loadtest.load.records import NONFINITE_ERROR  # the client's error text for an answer holding NaN or Inf
+from loadtest.rundir import NONFINITE_ERROR  # the client's error text for an answer holding NaN or Inf
 
 COUNTED_OPS = ("MatMul", "Gemm", "Conv", "MatMulInteger", "QLinearMatMul")
 

@@ -200,8 +200,7 @@ class GenerativeAnalysis:
 
 
 def load_generative_records(run_dir: Path) -> tuple[dict, pd.DataFrame]:
-    from loadtest.analysis.records import read_manifest
-    from loadtest.load.records import read_records
+    from loadtest.rundir import read_manifest, read_records
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -219,7 +218,7 @@ def load_generative_records(run_dir: Path) -> tuple[dict, pd.DataFrame]:
 
 
 def is_generative_run(run_dir: Path) -> bool:
-    from loadtest.analysis.records import read_manifest
+    from loadtest.rundir import read_manifest
 
     return read_manifest(Path(run_dir)).get("workload") == "generative"
 
@@ -263,9 +262,15 @@ def compute(run_dir: Path, slo: SLO | None = None, *, cost_file: Path | None = N
 
 
 def reference_window(a: GenerativeAnalysis, model: str) -> WindowFigures:
-    """Where cost is computed: with an SLO and several stages, the stage with the most output tokens/s whose
-    P95s meet the SLO (the capacity under the SLO); else the whole run."""
-    stages = [s for s in a.stages.get(model, []) if s.slo_p95_ok and s.error_rate <= 0.01]
+    """Where cost is computed: a sweep's best passing step; else, with an SLO and several stages, the stage with
+    the most output tokens/s whose P95s meet the SLO with few errors and its offered rate achieved (the capacity
+    under the SLO); else the whole run."""
+    swept = ((a.manifest.get("sweep") or {}).get("results") or {}).get(model) or {}
+    best = next((s for s in a.stages.get(model, []) if s.stage == swept.get("best_stage")), None)
+    if best is not None and a.slo is not None:
+        return best
+    stages = [s for s in a.stages.get(model, []) if s.slo_p95_ok and s.error_rate <= 0.01
+              and (s.offered_rate is None or s.requests_per_s >= 0.9 * s.offered_rate)]  # fmt: skip
     if a.slo is not None and len(a.stages.get(model, [])) > 1 and stages:
         return max(stages, key=lambda s: s.output_tokens_per_s)
     return a.overall[model]
@@ -287,7 +292,7 @@ def costing(a: GenerativeAnalysis, model: str, cost_file: Path | None, instance:
     start, end = float(mine["intended_start"].min()), float(mine["end"].max())
     others = a.records[(a.records["model"] != model)]
     shared = not others.empty and float(others["intended_start"].min()) < end and float(others["end"].max()) > start
-    snaps, _ = sm.read_snapshots(a.run_dir) if (a.run_dir / "metrics").is_dir() else ([], [])
+    snaps, _ = sm.read_snapshots(a.run_dir)
     if sm.has_gpu_metrics(snaps):
         if shared:
             method = "not attributable: another model was under load at the same time"

@@ -207,18 +207,17 @@ def merge_step(sweep_dir: Path, step_dir: Path, label: str) -> pd.DataFrame:
     """Copy a step's records into the sweep directory, its warm-up stage relabelled ``warmup``; return them."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from loadtest.load.records import read_records
+    from loadtest.rundir import RECORDS_DIR, read_records, write_shard
 
     table = read_records(step_dir)
     if table.num_rows:
         column = table.column("stage")
         relabelled = pc.if_else(pc.equal(column, WARM_PREFIX + label), pa.scalar(WARMUP_STAGE), column)
         table = table.set_column(table.schema.get_field_index("stage"), table.schema.field("stage"), relabelled)
-        records = sweep_dir / "records"
+        records = sweep_dir / RECORDS_DIR
         records.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, records / f"{label}.parquet")
+        write_shard(records, f"{label}.parquet", table)
     return table.to_pandas()
 
 
@@ -235,7 +234,7 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
     from rich.console import Console
 
     from loadtest.analysis.sweep import _Ticker
-    from loadtest.load.rundir import RunDir, create_run_dir
+    from loadtest.rundir import RunDir, create_run_dir
 
     settings.validate()
     console = console or Console(stderr=True)
@@ -274,6 +273,7 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
         manifest = rundir.read_manifest()
         manifest["sweep"]["results"][model] = {
             "rate_low": result.best.rate if result.best else None, "rate_high": result.failing_rate,
+            "best_stage": result.best.label if result.best else None,
             "resolution_pct": result.resolution * 100 if result.resolution is not None else None,
             "requests_per_s": result.best.figures.requests_per_s if result.best else None,
             "output_tokens_per_s": result.best.figures.output_tokens_per_s if result.best else None,

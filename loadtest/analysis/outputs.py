@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from loadtest.analysis import stats, views
+from loadtest.rundir import REPORT_FILE, RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis
+    from loadtest.analysis.result import Analysis
 
 TEXT_HEADERS = views.PROSE_HEADERS | {"Instance", "Student is", "Counts", "Within budget"}
 COMPARISON_COLUMNS = ["metric", "unit", "teacher", "student", "student_over_teacher", "saving_pct"]
@@ -73,7 +74,8 @@ def write_outputs(a: "Analysis") -> None:
     """tables/*.csv|parquet, tables/summary.md and report.html in the run directory."""
     from loadtest.analysis.report import render_html
 
-    folder = a.run_dir / "tables"
+    run = RunDir(a.run_dir)
+    folder = run.tables_dir
     folder.mkdir(parents=True, exist_ok=True)
     _write(a.latency, folder, "latency")
     _write(a.comparison[COMPARISON_COLUMNS], folder, "comparison")
@@ -87,5 +89,5 @@ def write_outputs(a: "Analysis") -> None:
         _write(a.baseline.deltas, folder, "baseline")
     (folder / "summary.md").write_text(summary_markdown(a))
     a.tables_dir = folder
-    a.report_path = a.run_dir / "report.html"
+    a.report_path = run.path / REPORT_FILE
     a.report_path.write_text(render_html(a), encoding="utf-8")

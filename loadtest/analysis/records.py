@@ -1,4 +1,7 @@
-"""Reading a run directory: the union of every process's record shards plus the run's manifest.
+"""The analyzer's view of a run directory: every record as a DataFrame, plus the manifest's stages.
+
+The files themselves (layout, record schema, shard reading, manifest) are ``loadtest.rundir``'s; this
+module turns them into what the analyzer computes on: roles, stages, dropped sends, windows.
 
 The analyzer trusts nothing it has not checked: a missing directory, a run without records, a shard that
 is not Parquet or lacks a schema column, or a run where every request failed is a one-line
@@ -7,7 +10,6 @@ is not Parquet or lacks a schema column, or a run where every request failed is 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,27 +19,15 @@ import numpy as np
 import pandas as pd
 
 from loadtest.errors import LoadtestError
+from loadtest.rundir import read_manifest, read_records, records_frame, shard_paths
 
-# docs/architecture.md, "Record schema": column -> pandas dtype after loading.
-RECORD_SCHEMA: dict[str, str] = {
-    "intended_start": "float64",
-    "start": "float64",
-    "end": "float64",
-    "latency_s": "float64",
-    "service_time_s": "float64",
-    "model": "string",
-    "protocol": "string",
-    "batch_size": "int32",
-    "tokens": "int64",
-    "success": "bool",
-    "error": "string",
-    "stage": "string",
-    "loop": "string",
-    "late": "bool",
-    "worker": "string",
-    "scenario": "string",
-}
 ALL_STAGES = "(all)"
+# What the analyzer reads of each shard: the rest of the schema (start, service_time_s, protocol, batch_size,
+# worker, scenario, the generative columns) stays in the files for other readers but is never loaded here.
+ANALYSIS_COLUMNS = ("intended_start", "end", "latency_s", "model", "tokens", "success", "error", "stage", "loop", "late")
+# Few distinct values over millions of rows: read as dictionary columns (pandas Categorical), never as one
+# Python string object per row.
+CATEGORICAL = ("model", "error", "stage", "loop")
 
 
 @dataclass(frozen=True)
@@ -95,83 +85,19 @@ class RunData:
         return float(value) if isinstance(value, (int, float)) else float(self.records["end"].max())
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """``manifest.json`` as a dict; a run without one is still analysable (records carry the essentials)."""
-    path = run_dir / "manifest.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise LoadtestError(f"{path}: the run's manifest is not UTF-8 JSON (a binary file?): restore it") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LoadtestError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise LoadtestError(f"{path}: expected a JSON object")
-    return data
-
-
-def _check_run_dir(run_dir: Path) -> list[Path]:
+def _read_run(run_dir: Path) -> pd.DataFrame:
+    """Every shard's rows as a DataFrame, or a one-line LoadtestError for what a user can get wrong."""
     if not run_dir.exists():
         raise LoadtestError(f"run directory {run_dir} does not exist")
     if not run_dir.is_dir():
         raise LoadtestError(f"{run_dir} is not a directory (expected a run directory under results/)")
-    shards = sorted((run_dir / "records").glob("*.parquet"))
+    shards = shard_paths(run_dir)
     if not shards:
         raise LoadtestError(f"{run_dir} has no request records (records/*.parquet): did the load test run?")
-    return shards
-
-
-# What the analyzer reads of each shard: the rest of the schema (start, service_time_s, protocol, batch_size,
-# worker, scenario) is kept in the files for other readers but never loaded here.
-ANALYSIS_COLUMNS = ("intended_start", "end", "latency_s", "model", "tokens", "success", "error", "stage", "loop", "late")
-# Few distinct values over millions of rows: read as dictionary columns (pandas Categorical), never as one
-# Python string object per row.
-CATEGORICAL = ("model", "error", "stage", "loop")
-
-
-def read_records(shards: list[Path]) -> pd.DataFrame:
-    """Concatenate every shard (several processes, several flushes) with the columns the analyzer uses.
-
-    Each shard's schema is checked for every record-schema column (a shard missing one is not a record
-    shard); only ``ANALYSIS_COLUMNS`` are read, string columns as categoricals: 10M records load in seconds.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    tables = []
-    for shard in shards:
-        try:
-            handle = pq.ParquetFile(shard, read_dictionary=list(CATEGORICAL))
-            names = handle.schema_arrow.names
-            missing = [c for c in RECORD_SCHEMA if c not in names]
-            if missing:
-                raise LoadtestError(f"{shard}: record shard lacks column(s) {', '.join(missing)}")
-            table = handle.read(columns=list(ANALYSIS_COLUMNS)) if handle.metadata.num_rows else None
-        except (OSError, pa.ArrowException) as exc:
-            raise LoadtestError(f"{shard}: not a readable Parquet record shard ({str(exc).splitlines()[0]})") from None
-        if table is not None and table.num_rows:
-            tables.append(table)
-    if not tables:
+    table = read_records(run_dir, columns=ANALYSIS_COLUMNS, dictionary=CATEGORICAL)
+    if table.num_rows == 0:
         raise LoadtestError(f"{shards[0].parent} holds {len(shards)} record shard(s) but no requests")
-    table = pa.concat_tables(tables, promote_options="permissive")
-    columns = {}
-    for name in ANALYSIS_COLUMNS:
-        col = table.column(name)
-        if RECORD_SCHEMA[name] == "bool":
-            col = pc.fill_null(col.cast(pa.bool_()), False)
-        elif name in CATEGORICAL and not pa.types.is_dictionary(col.type):
-            col = pc.dictionary_encode(col.cast(pa.string()))
-        elif RECORD_SCHEMA[name] != "string":
-            col = col.cast(pa.from_numpy_dtype(np.dtype(RECORD_SCHEMA[name])))
-        columns[name] = col
-    frame = pa.table(columns).to_pandas(split_blocks=True, self_destruct=True)
-    for name in CATEGORICAL:
-        if isinstance(frame[name].dtype, pd.CategoricalDtype):
-            # categories as plain str: comparisons with str model/stage names and str() of values just work
-            frame[name] = frame[name].cat.rename_categories([str(c) for c in frame[name].cat.categories])
-    return frame
+    return records_frame(table)
 
 
 def distinct(values: pd.Series) -> list[str]:
@@ -246,9 +172,8 @@ def _dropped(manifest: dict[str, Any]) -> dict[tuple[str, str], int]:
 def load_run(run_dir: Path | str) -> RunData:
     """Load a run directory; raises LoadtestError (one line) for anything a user can get wrong."""
     run_dir = Path(run_dir)
-    shards = _check_run_dir(run_dir)
+    records = _read_run(run_dir)
     manifest = read_manifest(run_dir)
-    records = read_records(shards)
     ok = int(records["success"].sum())
     if ok == 0:
         errors = records["error"].dropna()

@@ -2,7 +2,7 @@
 
 Triton exports cumulative counters (``nv_inference_*_duration_us``, request/inference/execution counts,
 ``nv_energy_consumption``) and power gauges; our NVML exporter adds ``loadtest_gpu_*``. A window's figures
-are counter *deltas* between two samples bracketing it (METHOD.md). Samples come either from the
+are counter *deltas* between two samples bracketing it (docs/method.md). Samples come either from the
 ``metrics/<unix_ms>-<label>.prom`` snapshots saved during the run, or from range queries on a Prometheus
 that scraped the run; both become the same list of ``Snapshot`` objects, so one code path computes both.
 """
@@ -10,9 +10,10 @@ that scraped the run; both become the same list of ``Snapshot`` objects, so one 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from loadtest.rundir import SNAPSHOT_NAME, snapshot_paths
 
 DURATION_COUNTERS = {
     "queue": "nv_inference_queue_duration_us",
@@ -28,7 +29,6 @@ ENERGY_COUNTERS_J = ("loadtest_gpu_energy_joules_total", "nv_energy_consumption"
 POWER_GAUGES_W = ("loadtest_gpu_power_watts", "nv_gpu_power_usage")
 MODEL_METRICS = (*DURATION_COUNTERS.values(), SUCCESS, INFERENCES, EXECUTIONS)
 PROMETHEUS_LABEL = "prometheus"  # Snapshots built from a Prometheus's periodic scrapes
-SNAPSHOT_NAME = re.compile(r"^(\d+)-(.+)\.prom$")
 # Labels that identify one GPU across both sources (Triton: gpu_uuid; our exporter: uuid / gpu).
 GPU_KEYS = ("gpu_uuid", "uuid", "gpu")
 
@@ -73,10 +73,7 @@ def read_snapshots(run_dir: Path) -> tuple[list[Snapshot], list[str]]:
     """All ``metrics/<unix_ms>-<label>.prom`` files of a run, in time order, and notes on skipped ones."""
     notes: list[str] = []
     snaps: list[Snapshot] = []
-    folder = run_dir / "metrics"
-    if not folder.is_dir():
-        return [], notes
-    for path in sorted(folder.glob("*.prom")):
+    for path in snapshot_paths(run_dir):
         match = SNAPSHOT_NAME.match(path.name)
         if not match:
             notes.append(f"metrics snapshot {path.name} ignored: name is not <unix_ms>-<label>.prom")

@@ -269,9 +269,8 @@ def merge_step(sweep_dir: Path, step_dir: Path, label: str, model: str, settings
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from loadtest.analysis.records import read_manifest
+    from loadtest.rundir import METRICS_DIR, RECORDS_DIR, read_manifest, read_shard, shard_paths, snapshot_paths, write_shard
 
     manifest = read_manifest(step_dir)
     stages = {s["name"]: s for s in manifest.get("stages", []) if isinstance(s, dict) and "name" in s}
@@ -287,18 +286,18 @@ def merge_step(sweep_dir: Path, step_dir: Path, label: str, model: str, settings
         stage["offered_rate"] = measured.get("offered_rate")
     else:
         stage["users"] = measured.get("users")
-    records = sweep_dir / "records"
+    records = sweep_dir / RECORDS_DIR
     records.mkdir(parents=True, exist_ok=True)
-    for shard in sorted((step_dir / "records").glob("*.parquet")):
-        table = pq.read_table(shard)
+    for shard in shard_paths(step_dir):
+        table = read_shard(shard)
         if table.num_rows:
             column = table.column("stage")
             relabelled = pc.if_else(pc.equal(column, WARM_PREFIX + label), pa.scalar(label), column)
             table = table.set_column(table.schema.get_field_index("stage"), table.schema.field("stage"), relabelled)
-        pq.write_table(table, records / f"{label}-{shard.name}")
-    metrics = sweep_dir / "metrics"
+        write_shard(records, f"{label}-{shard.name}", table)
+    metrics = sweep_dir / METRICS_DIR
     metrics.mkdir(parents=True, exist_ok=True)
-    for snap in sorted((step_dir / "metrics").glob("*.prom")):
+    for snap in snapshot_paths(step_dir):
         stamp, _, rest = snap.name.partition("-")
         shutil.copyfile(snap, metrics / f"{stamp}-{label}-{rest}")
     dropped = manifest.get("dropped", {}).get(model, {}) if isinstance(manifest.get("dropped"), dict) else {}
@@ -327,7 +326,7 @@ def run_sweep(
     from rich.console import Console
 
     from loadtest.credentials import redact_url
-    from loadtest.load.rundir import RunDir, create_run_dir
+    from loadtest.rundir import RunDir, create_run_dir
 
     console = console or Console(stderr=True)
     sweep_dir = Path(run_dir) if run_dir else create_run_dir(results_dir, "sweep")

@@ -11,44 +11,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loadtest.analysis import fmt, stats
+from loadtest.analysis.metric_registry import METRICS, higher_is_better
+from loadtest.analysis.metric_registry import label as metric_label
 from loadtest.analysis.records import ALL_STAGES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis
+    from loadtest.analysis.result import Analysis
 
 # Columns of sentences rather than figures: every renderer wraps them (and aligns them left).
 PROSE_HEADERS = frozenset({"Note", "Why not", "Energy source"})
-
-LABELS = {
-    "parameters": "Parameters",
-    "size_on_disk_mb": "Size on disk",
-    "flops_per_request": "FLOPs per request",
-    "flops_per_token": "FLOPs per token",
-    "peak_rss_mb": "Peak serving memory (RSS)",
-    "nonfinite_outputs": "Non-finite outputs",
-    "requests": "Requests",
-    "achieved_qps": "Achieved QPS",
-    "tokens_per_s": "Tokens/s",
-    "p50_ms": "P50 latency",
-    "p90_ms": "P90 latency",
-    "p95_ms": "P95 latency",
-    "p99_ms": "P99 latency",
-    "p999_ms": "P99.9 latency",
-    "max_ms": "Max latency",
-    "error_rate": "Error rate",
-    "mean_batch_size": "Mean executed batch",
-    "server_queue_ms": "Triton queue",
-    "server_compute_input_ms": "Triton compute input",
-    "server_compute_infer_ms": "Triton compute infer",
-    "server_compute_output_ms": "Triton compute output",
-    "qps_at_budget": "QPS at budget",
-    "tokens_per_s_at_budget": "Tokens/s at budget",
-    "cost_per_1m_tokens_usd": "Cost per 1M tokens",
-    "cost_per_1k_requests_usd": "Cost per 1k requests",
-    "energy_per_1m_tokens_j": "Energy per 1M tokens",
-    "co2e_g_per_1m_tokens": "CO2e per 1M tokens",
-}
-
 
 @dataclass
 class View:
@@ -75,22 +46,22 @@ def _pcell(row: dict, p: float) -> str:
 
 
 def comparison_view(a: "Analysis") -> View:
-    from loadtest.analysis.analyze import HIGHER_IS_BETTER
-
     rows, styles = [], []
     estimate = any(c.energy_is_estimate for c in a.costs.values())
     for r in a.comparison.to_dict("records"):
         metric, unit = r["metric"], r["unit"]
-        label = LABELS.get(metric, metric)
-        if metric in ("energy_per_1m_tokens_j", "co2e_g_per_1m_tokens") and estimate:
+        spec = METRICS.get(metric)
+        label = spec.label if spec else metric
+        if spec is not None and spec.estimate_when_energy_estimated and estimate:
             label += " (estimate)"
         shown_unit = {"fraction": "%", "count": ""}.get(unit, unit)
         ratio, saving = r["student_over_teacher"], r["saving_pct"]
         style, word = "", fmt.MISSING
-        if fmt.ok(ratio) and metric != "requests":  # a count of requests is neither better nor worse
+        direction = higher_is_better(metric)
+        if fmt.ok(ratio) and direction is not None:  # a descriptive figure is neither better nor worse
             word = "same"
             if ratio != 1:
-                better = (ratio > 1) == HIGHER_IS_BETTER[metric]
+                better = (ratio > 1) == direction
                 style, word = ("good", "better") if better else ("bad", "worse")
         rows.append(
             [label, shown_unit, fmt.by_unit(r["teacher"], unit), fmt.by_unit(r["student"], unit),
@@ -243,16 +214,15 @@ def baseline_view(a: "Analysis") -> View | None:
     if a.baseline is None:
         return None
     rows, styles = [], []
-    from loadtest.analysis.analyze import HIGHER_IS_BETTER
-
     for r in a.baseline.deltas.to_dict("records"):
         if not (fmt.ok(r["baseline"]) or fmt.ok(r["current"])):
             continue
         ch = r["change_pct"]
         style = ""
-        if fmt.ok(ch) and ch != 0:
-            style = "good" if (ch > 0) == HIGHER_IS_BETTER[r["metric"]] else "bad"
-        rows.append([r["role"], LABELS.get(r["metric"], r["metric"]), fmt.by_unit(r["baseline"], r["unit"]),
+        direction = higher_is_better(r["metric"])
+        if fmt.ok(ch) and ch != 0 and direction is not None:
+            style = "good" if (ch > 0) == direction else "bad"
+        rows.append([r["role"], metric_label(r["metric"]), fmt.by_unit(r["baseline"], r["unit"]),
                      fmt.by_unit(r["current"], r["unit"]), fmt.pct(ch)])
         styles.append(["", "", "", "", style])
     tests = "; ".join(

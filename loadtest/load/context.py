@@ -12,20 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from loadtest.credentials import Credentials, load_credentials, split_host
+from loadtest.endpoint import Endpoint, parse_endpoint
 from loadtest.errors import LoadtestError
 from loadtest.load.payloads import TOKENIZER_INPUTS, Payload, PayloadSpec, build_payloads
-from loadtest.load.settings import Endpoint, LoadOptions, parse_endpoint
+from loadtest.load.settings import LoadOptions
+from loadtest.modelspec import ModelSpec
 from loadtest.repository import ModelRepository
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model as the client needs it (from the server): input names and dtypes, output names, largest batch."""
-
-    name: str
-    inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype name)
-    outputs: tuple[str, ...]
-    max_batch_size: int
 
 
 @dataclass(frozen=True)
@@ -73,9 +65,9 @@ def _tokenizer(path: str, repository: ModelRepository, metadata):
     return None, None
 
 
-def _spec(model, payload: Payload) -> ModelSpec:
+def _spec(model, payload: Payload, feed: str) -> ModelSpec:
     inputs = tuple((t.name, t.numpy_dtype) for t in model.inputs if t.name in payload.arrays)
-    return ModelSpec(model.name, inputs, tuple(t.name for t in model.outputs), model.max_batch_size)
+    return ModelSpec(model.name, inputs, tuple(t.name for t in model.outputs), model.max_batch_size, feed)
 
 
 def _cycle(pool: list[Payload], length: int) -> tuple[Payload, ...]:
@@ -156,7 +148,8 @@ def build_context(options: LoadOptions, host: str | None, on_wait=None, tokenize
         raise LoadtestError("no payloads could be built: the dataset is smaller than one batch")
     length = max(len(pool) for pool in pools.values())
     model_payloads = {name: _cycle(pool, length) for name, pool in pools.items()}
-    specs = tuple(_spec(m, model_payloads[m.name][0]) for m in checked.models)
+    feeds = {name: "tokens" if pool is token_pool else "tensors" for name, pool in pools.items()}
+    specs = tuple(_spec(m, model_payloads[m.name][0], feeds[m.name]) for m in checked.models)
     first = model_payloads[specs[0].name]
     return LoadContext(
         options, endpoint, specs, first, "; ".join(descriptions),

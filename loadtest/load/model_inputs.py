@@ -27,6 +27,7 @@ import numpy as np
 
 from loadtest.errors import LoadtestError
 from loadtest.load.payloads import DEFAULT_LENGTHS, LengthDistribution, Payload, read_dataset
+from loadtest.load.server_models import TRITON_DATATYPES
 
 WORDS = (
     "the quick brown fox jumps over lazy dog model server request latency batch queue token text value "
@@ -95,8 +96,8 @@ def check_inputs(model, settings: InputSettings) -> None:
     for tensor in model.inputs:
         if tensor.numpy_dtype is None and not tensor.optional:
             raise LoadtestError(
-                f"model '{model.name}' input '{tensor.name}' is {tensor.datatype}, a datatype loadtest cannot fill: "
-                "give its values with --input-data FILE (perf_analyzer format) or load another model"
+                f"model '{model.name}' input '{tensor.name}' is {tensor.datatype}, a datatype loadtest cannot send "
+                f"(it sends {', '.join(sorted(TRITON_DATATYPES))}): leave the model out of --models"
             )
     for name, dims in settings.shapes.items():
         tensor = model.input(name)

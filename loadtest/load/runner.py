@@ -35,7 +35,7 @@ from pathlib import Path
 
 from loadtest.credentials import URL_CREDENTIALS_ENV, split_host
 from loadtest.errors import LoadtestError
-from loadtest.load.rundir import DEFAULT_RESULTS_DIR, RunDir, create_run_dir
+from loadtest.rundir import DEFAULT_RESULTS_DIR, RunDir, create_run_dir
 
 SCENARIOS_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 LOG_FILE = "locust.log"
@@ -90,7 +90,7 @@ class LocustRun:
 
     def records(self):
         """The raw per-request records of every process (a pyarrow Table)."""
-        from loadtest.load.records import read_records
+        from loadtest.rundir import read_records
 
         return read_records(self.run_dir)
 
@@ -384,9 +384,9 @@ def _remove_if_not_started(target: Path, exit_code: int, created_here: bool) -> 
     """
     import shutil
 
-    from loadtest.load.records import shard_paths
+    from loadtest.rundir import MANIFEST, shard_paths
 
-    if not created_here or exit_code in (0, 1) or (target / "manifest.json").exists() or shard_paths(target):
+    if not created_here or exit_code in (0, 1) or (target / MANIFEST).exists() or shard_paths(target):
         return False
     shutil.rmtree(target, ignore_errors=True)
     return True

@@ -162,7 +162,7 @@ def build_server_model(metadata, config, version: str = "") -> ServerModel:
 class ServerModelReader:
     """Reads readiness, the repository index and model descriptions from one Triton endpoint.
 
-    ``endpoint`` is a ``loadtest.load.settings.Endpoint`` (protocol, host, port, ssl). Every failure is
+    ``endpoint`` is a ``loadtest.endpoint.Endpoint`` (protocol, host, port, ssl). Every failure is
     a one-line LoadtestError naming the server, what was asked, and what to do.
     """
 

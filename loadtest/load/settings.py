@@ -1,4 +1,4 @@
-"""The load generator's settings: the option table, their typed view, and the Triton endpoint.
+"""The load generator's settings: the option table and their typed view.
 
 Why separate from ``options`` (which registers them with Locust): the runner, the CLI and the tests
 read the same table without importing Locust. ``LoadOptions.from_namespace`` turns Locust's parsed
@@ -9,15 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from loadtest.endpoint import parse_endpoint
 from loadtest.errors import LoadtestError
 from loadtest.load.client_metrics import DEFAULT_METRICS_PORT
-from loadtest.load.rundir import DEFAULT_RESULTS_DIR
-
-DEFAULT_HTTP_PORT = 8000
-DEFAULT_GRPC_PORT = 8001
-DEFAULT_TRITON_METRICS_PORT = 8002
+from loadtest.rundir import DEFAULT_RESULTS_DIR
 
 # (flag, env var, default, type, help); order = order in `locust --help` and in the web UI.
 OPTIONS: list[tuple[str, str, object, type, str]] = [
@@ -80,64 +76,6 @@ OPTIONS: list[tuple[str, str, object, type, str]] = [
     ("--int-range", "LOADTEST_INT_RANGE", "", str,
      "Synthetic integer inputs drawn from LO:HI (HI excluded; default 0:100)."),
 ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where Triton is and how to talk to it."""
-
-    protocol: str  # http | grpc
-    host: str
-    port: int
-    ssl: bool = False
-
-    @property
-    def address(self) -> str:
-        """``host:port`` as tritonclient wants it (no scheme)."""
-        return f"{self.host}:{self.port}"
-
-
-def parse_endpoint(host: str | None, protocol: str = "auto") -> Endpoint:
-    """Protocol and address from ``--host`` and ``--protocol`` (the option wins over the scheme).
-
-    Messages show the host without its user-info: a password must never reach a log line.
-    """
-    from loadtest.credentials import redact_url
-
-    if not host:
-        raise LoadtestError("no Triton host: pass --host http://HOST:8000 or --host grpc://HOST:8001")
-    shown = redact_url(host)
-    protocol = (protocol or "auto").lower()
-    if protocol not in ("auto", "http", "grpc"):
-        raise LoadtestError(f"--protocol must be auto, http or grpc, got '{protocol}'")
-    parts = urlsplit(host if "://" in host else f"//{host}")
-    scheme = (parts.scheme or "").lower()
-    if scheme not in ("", "http", "https", "grpc", "grpcs"):
-        raise LoadtestError(f"--host {shown}: scheme must be http, https, grpc or grpcs")
-    if protocol == "auto":
-        protocol = "grpc" if scheme.startswith("grpc") else "http"
-    if not parts.hostname:
-        raise LoadtestError(f"--host {shown} has no host name (e.g. http://127.0.0.1:8000)")
-    try:
-        port = parts.port
-    except ValueError:
-        raise LoadtestError(f"--host {shown} has an invalid port: use a number 1-65535") from None
-    if port == 0:
-        raise LoadtestError(f"--host {shown}: port 0 cannot be connected to: use a number 1-65535")
-    default_port = DEFAULT_GRPC_PORT if protocol == "grpc" else DEFAULT_HTTP_PORT
-    return Endpoint(protocol, parts.hostname, port or default_port, ssl=scheme in ("https", "grpcs"))
-
-
-def default_triton_metrics_url(host: str | None) -> str | None:
-    """Triton's metrics endpoint on the same host, port 8002."""
-    if not host:
-        return None
-    parts = urlsplit(host if "://" in host else f"//{host}")
-    try:
-        hostname = parts.hostname
-    except ValueError:
-        return None
-    return f"http://{hostname}:{DEFAULT_TRITON_METRICS_PORT}/metrics" if hostname else None
 
 
 @dataclass(frozen=True)
@@ -216,9 +154,15 @@ class LoadOptions:
         return list(dict.fromkeys([metadata.teacher, metadata.student]))
 
     def triton_metrics(self, host: str | None) -> str | None:
+        """--triton-metrics-url, else Triton's metrics port on the load's host (None: no snapshots)."""
         if self.triton_metrics_url.lower() == "none":
             return None
-        return self.triton_metrics_url or default_triton_metrics_url(host)
+        if self.triton_metrics_url:
+            return self.triton_metrics_url
+        try:
+            return parse_endpoint(host, self.protocol).metrics_url
+        except LoadtestError:
+            return None
 
     def gpu_metrics(self) -> str | None:
         return None if self.gpu_metrics_url.lower() in ("", "none") else self.gpu_metrics_url

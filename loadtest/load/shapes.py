@@ -2,8 +2,9 @@
 
 Each shape reads ``--stages DURATION:VALUE[:LABEL],...`` or, without it, derives a default plan from
 ``-u`` (peak users) and ``-t`` (total time): that is why ``use_common_options`` is on. Every stage
-change is published (``lifecycle.publish_stage``): rows carry the stage label, the master forwards it
-to workers, and Triton's metrics are snapshotted at the boundary.
+change is published (``LoadProcess.publish_stage``, the process state taken from the runner's
+environment): rows carry the stage label, the master forwards it to workers, and Triton's metrics are
+snapshotted at the boundary.
 
 The classes here are abstract; a scenario file subclasses the one it wants (``class StepLoad(StepShape):
 pass``). With several shapes loaded (``locust -f scenarios/``) none runs unless ``--shape NAME`` picks
@@ -16,8 +17,9 @@ import math
 
 from locust import LoadTestShape
 
-from loadtest.load import lifecycle
+from loadtest.load import lifecycle  # noqa: F401  (registers the test's listeners: run dir, records, metrics)
 from loadtest.load.options import load_options
+from loadtest.load.process import LoadProcess, process_of
 from loadtest.load.stages import Stage, parse_stage_plan, stage_at
 
 
@@ -33,6 +35,14 @@ class StagePlanShape(LoadTestShape):
         super().__init__()
         self._plan: list[Stage] | None = None
         self._published: int | None = None
+
+    @property
+    def process(self) -> LoadProcess:
+        """The process state lifecycle attached to the runner's environment."""
+        process = process_of(self.runner.environment)
+        if process is None:
+            raise RuntimeError("loadtest's lifecycle listeners did not initialise this process")
+        return process
 
     def reset_time(self) -> None:
         super().reset_time()
@@ -68,7 +78,7 @@ class StagePlanShape(LoadTestShape):
 
     def spawn_rate(self, users: int) -> float:
         """-r when given, else fast enough to reach a stage's users within about a second."""
-        return float(lifecycle.STATE.user_spawn_rate or max(users, 1))
+        return float(self.process.user_spawn_rate or max(users, 1))
 
     def tick(self):
         found = stage_at(self.plan(), self.get_run_time())
@@ -77,8 +87,8 @@ class StagePlanShape(LoadTestShape):
         index, stage = found
         if self._published != index:
             self._published = index
-            lifecycle.publish_stage(
-                self.runner.environment, stage.label, value=stage.value, rate=self.rate_for(stage), kind=self.kind
+            self.process.publish_stage(
+                self.runner, stage.label, value=stage.value, rate=self.rate_for(stage), kind=self.kind
             )
         users = self.users_for(stage)
         return users, self.spawn_rate(users)
@@ -113,7 +123,7 @@ class SpikeShape(StagePlanShape):
         ]
 
     def spawn_rate(self, users: int) -> float:
-        return float(lifecycle.STATE.user_spawn_rate or max(users * 10, 1))  # a spike arrives at once
+        return float(self.process.user_spawn_rate or max(users * 10, 1))  # a spike arrives at once
 
 
 class SoakShape(StagePlanShape):

@@ -34,7 +34,8 @@ from loadtest.generative.prompts import Prompt
 from loadtest.generative.timing import StreamTiming, itl_s
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.clock import CLOCK
-from loadtest.load.records import Record
+from loadtest.load.records import RECORD_KEY
+from loadtest.rundir import Record
 
 WARMUP_STAGE = "warmup"
 API_KEY_ENV = ("LOADTEST_API_KEY", "OPENAI_API_KEY")
@@ -215,7 +216,7 @@ class StreamingClient:
             response_time=e2e * 1000.0,
             response_length=int(output_tokens or 0),
             exception=GenerationError(error) if error is not None else None,
-            context={"loadtest_record": record},
+            context={RECORD_KEY: record},
             start_time=record.intended_start,
         )
         return error is None
@@ -266,13 +267,17 @@ class SSEClient(StreamingClient):
         super().__init__(context, request_event, **kw)
         from geventhttpclient import HTTPClient
 
+        from loadtest.credentials import http_client_tls
+
         server = context.endpoint.server
+        tls = http_client_tls(context.credentials) if server.ssl else {}
         self._http = HTTPClient(
-            server.host, server.port, ssl=server.ssl, concurrency=max(self.concurrency, 1),
-            connection_timeout=self.timeout_s, network_timeout=self.timeout_s,
+            server.host, server.port, concurrency=max(self.concurrency, 1),
+            connection_timeout=self.timeout_s, network_timeout=self.timeout_s, **tls,
         )  # fmt: skip
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if self.stream else
                         "application/json"}  # fmt: skip
+        self.headers.update(context.credentials.request_headers("http") or {})
         key = _api_key()
         if key and self.api in (wire.OPENAI_CHAT, wire.OPENAI_COMPLETIONS):
             self.headers["Authorization"] = f"Bearer {key}"
@@ -349,8 +354,12 @@ class _GrpcStream:
     def __init__(self, context: GenerativeContext):
         import tritonclient.grpc as grpcclient
 
+        from loadtest.credentials import grpc_client_tls
+
         server = context.endpoint.server
-        self.client = grpcclient.InferenceServerClient(server.address, ssl=server.ssl)
+        tls = grpc_client_tls(context.credentials) if server.ssl else {}
+        self.client = grpcclient.InferenceServerClient(server.address, **tls)
+        self.metadata = context.credentials.request_headers("grpc")
         self.responses: Queue = Queue()
         self.open = False
 
@@ -360,7 +369,7 @@ class _GrpcStream:
     def ensure_open(self) -> None:
         if not self.open:
             self.responses = Queue()
-            self.client.start_stream(callback=self._callback)
+            self.client.start_stream(callback=self._callback, headers=self.metadata)
             self.open = True
 
     def reset(self) -> None:

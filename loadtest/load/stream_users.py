@@ -11,25 +11,25 @@ from __future__ import annotations
 
 from locust.exception import StopUser
 
-from loadtest.load import lifecycle
+from loadtest.load.process import LoadProcess
 from loadtest.load.stream_clients import StreamingClient, make_client
 from loadtest.load.users import OpenLoopUser, TritonUser
 
 
-def _start_streaming_client(user, concurrency: int) -> tuple[StreamingClient, dict]:
-    context = lifecycle.current_context()
-    if context is None or lifecycle.STATE.error is not None or not getattr(context, "generative", False):
+def _start_streaming_client(user, process: LoadProcess, concurrency: int) -> tuple[StreamingClient, dict]:
+    context = process.context
+    if not getattr(context, "generative", False):
         raise StopUser()
     client = make_client(
         context,
         user.environment.events.request,
         scenario=type(user).__name__,
-        worker=lifecycle.STATE.worker,
+        worker=process.worker,
         concurrency=concurrency,
         timeout_s=context.options.request_timeout,
-        metrics=lifecycle.STATE.metrics,
+        metrics=process.metrics,
     )
-    return client, lifecycle.prepared_requests(context.endpoint.protocol)
+    return client, process.prepared_requests(context.endpoint.protocol)
 
 
 class LLMUser(TritonUser):
@@ -38,8 +38,8 @@ class LLMUser(TritonUser):
     abstract = True
     generative = True
 
-    def start_client(self, concurrency: int) -> tuple:
-        return _start_streaming_client(self, concurrency)
+    def start_client(self, process: LoadProcess, concurrency: int) -> tuple:
+        return _start_streaming_client(self, process, concurrency)
 
 
 class ABLLMUser(LLMUser):
@@ -55,5 +55,5 @@ class LLMOpenLoopUser(OpenLoopUser):
     abstract = True
     generative = True
 
-    def start_client(self, concurrency: int) -> tuple:
-        return _start_streaming_client(self, concurrency)
+    def start_client(self, process: LoadProcess, concurrency: int) -> tuple:
+        return _start_streaming_client(self, process, concurrency)

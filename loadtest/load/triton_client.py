@@ -25,12 +25,13 @@ import numpy as np
 from gevent import GreenletExit
 
 from loadtest.credentials import Credentials, grpc_client_tls, http_client_tls
+from loadtest.endpoint import Endpoint
 from loadtest.load.client_metrics import ClientMetrics
 from loadtest.load.clock import CLOCK
-from loadtest.load.context import ModelSpec
 from loadtest.load.payloads import Payload, model_arrays
-from loadtest.load.records import NONFINITE_ERROR, Record
-from loadtest.load.settings import Endpoint
+from loadtest.load.records import RECORD_KEY
+from loadtest.modelspec import ModelSpec
+from loadtest.rundir import NONFINITE_ERROR, Record
 
 _GRPC_READY = False
 
@@ -281,7 +282,7 @@ class TritonClient:
             response_time=latency * 1000.0,
             response_length=request.tokens,
             exception=TritonRequestError(error) if error is not None else None,
-            context={"loadtest_record": record},
+            context={RECORD_KEY: record},
             start_time=record.intended_start,
         )
         if killed:

@@ -14,8 +14,9 @@ test stops) is *dropped* and counted. Latency runs from the intended time, so a 
 in the percentiles instead of slowing the schedule down (coordinated omission, as wrk2 and k6's
 constant-arrival-rate executor avoid it).
 
-Payloads are prepared once per process (``lifecycle.prepared_requests``) and shared read-only by the
-users; a user only picks the next one.
+Payloads are prepared once per process (``LoadProcess.prepared_requests``) and shared read-only by the
+users; a user only picks the next one. Each user takes the process state from the environment Locust
+gives it (``process_of``), once in ``on_start``, and keeps the stage board as its own attribute.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from gevent import GreenletExit
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 from locust import User, constant, task
-from locust.user.task import LOCUST_STATE_STOPPING
 from locust.exception import StopUser
+from locust.user.task import LOCUST_STATE_STOPPING
 
-from loadtest.load import lifecycle
+from loadtest.load import lifecycle  # noqa: F401  (registers the test's listeners: run dir, records, metrics)
 from loadtest.load.backoff import Backoff, is_connection_error
 from loadtest.load.clock import CLOCK
+from loadtest.load.process import LoadProcess, process_of
 from loadtest.load.triton_client import TritonClient
 
 log = logging.getLogger("loadtest")
@@ -47,22 +49,28 @@ DRIVER_POLL_S = 0.05  # how often a waiting driver or send re-checks the stage b
 QUEUED_SENDS_PER_SLOT = 4
 
 
-def _start_client(user: User, concurrency: int) -> tuple[TritonClient, dict]:
-    """The user's client and the shared prepared requests, or StopUser if the test could not start."""
-    context = lifecycle.current_context()
-    if context is None or lifecycle.STATE.error is not None:
+def _process(user: User) -> LoadProcess:
+    """The process state for this test, or StopUser if the test could not start."""
+    process = process_of(user.environment)
+    if process is None or not process.ready:
         raise StopUser()
+    return process
+
+
+def _start_client(user: User, process: LoadProcess, concurrency: int) -> tuple[TritonClient, dict]:
+    """The user's client and the shared prepared requests."""
+    context = process.context
     client = TritonClient(
         context.endpoint,
         user.environment.events.request,
         scenario=type(user).__name__,
-        worker=lifecycle.STATE.worker,
+        worker=process.worker,
         concurrency=concurrency,
         timeout_s=context.options.request_timeout,
-        metrics=lifecycle.STATE.metrics,
+        metrics=process.metrics,
         credentials=context.credentials,
     )
-    return client, lifecycle.prepared_requests(context.endpoint.protocol)
+    return client, process.prepared_requests(context.endpoint.protocol)
 
 
 class TritonUser(User):
@@ -74,20 +82,21 @@ class TritonUser(User):
     _in_request = False
 
     def on_start(self) -> None:
-        context = lifecycle.current_context()
-        if context is None:
-            raise StopUser()
+        process = _process(self)
+        context = process.context
+        self.process = process
+        self.board = process.board
         self.models = context.model_names
-        self.client, self.requests = self.start_client(len(self.models) if self.send_to_all_models else 1)
+        self.client, self.requests = self.start_client(process, len(self.models) if self.send_to_all_models else 1)
         self.n_payloads = len(next(iter(self.requests.values())))
         number = next(_USER_NUMBERS)
         rng = np.random.default_rng([context.options.seed, number])
         self.cursor = int(rng.integers(self.n_payloads))  # users start at different payloads
         self.turn = number % len(self.models)
 
-    def start_client(self, concurrency: int) -> tuple:
+    def start_client(self, process: LoadProcess, concurrency: int) -> tuple:
         """The user's client and the shared prepared requests (the LLM users override this)."""
-        return _start_client(self, concurrency)
+        return _start_client(self, process, concurrency)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
@@ -114,7 +123,7 @@ class TritonUser(User):
 
     @task
     def infer(self) -> None:
-        stage = lifecycle.STATE.board.label
+        stage = self.board.label
         self._in_request = True
         try:
             if not self.send_to_all_models:
@@ -144,7 +153,7 @@ class TritonUser(User):
             backoff.reset()
             return
         delay = backoff.delay()
-        lifecycle.count_backoff(delay, error)
+        self.process.count_backoff(delay, error)
         gevent.sleep(delay)
 
 
@@ -160,14 +169,16 @@ class OpenLoopUser(User):
 
     abstract = True
     wait_time = constant(0)
+    open_loop = True  # lifecycle counts these drivers to split the arrival rate
 
     def on_start(self) -> None:
-        context = lifecycle.current_context()
-        if context is None:
-            raise StopUser()
+        process = _process(self)
+        context = process.context
+        self.process = process
+        self.board = process.board
         self.options = context.options
         self.models = context.model_names
-        self.client, self.requests = self.start_client(self.options.max_in_flight * len(self.models))
+        self.client, self.requests = self.start_client(process, self.options.max_in_flight * len(self.models))
         self.n_payloads = len(next(iter(self.requests.values())))
         self.number = next(_DRIVER_NUMBERS)
         worker_index = max(getattr(self.environment.runner, "worker_index", 0), 0)
@@ -178,9 +189,9 @@ class OpenLoopUser(User):
         self.sends = Group()
         self.stopping = False
 
-    def start_client(self, concurrency: int) -> tuple:
+    def start_client(self, process: LoadProcess, concurrency: int) -> tuple:
         """The user's client and the shared prepared requests (the LLM users override this)."""
-        return _start_client(self, concurrency)
+        return _start_client(self, process, concurrency)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
@@ -193,15 +204,15 @@ class OpenLoopUser(User):
         return 1.0 / rate
 
     def _set_offered(self, rate: float | None) -> None:
-        lifecycle.set_offered_rate(self.number, self.models, rate)
+        self.process.set_offered_rate(self.number, self.models, rate)
 
     def _send(self, model: str, request, intended: float, stage: str, version: int) -> None:
         """One scheduled send: wait for a slot (late beyond the tolerance), dropped if its stage ends first."""
-        board = lifecycle.STATE.board
+        board = self.board
         slot = self.slots[model]
         while not slot.acquire(timeout=DRIVER_POLL_S):
             if self.stopping or board.version != version:
-                lifecycle.count_dropped(model, stage)
+                self.process.count_dropped(model, stage)
                 return
         try:
             # this greenlet belongs to the driver's send group, which is joined, never killed
@@ -211,7 +222,7 @@ class OpenLoopUser(User):
 
     @task
     def drive(self) -> None:
-        board = lifecycle.STATE.board
+        board = self.board
         try:
             while board.drivers is None:  # until spawning completes and the rate's split is known
                 gevent.sleep(DRIVER_POLL_S)
@@ -243,8 +254,8 @@ class OpenLoopUser(User):
                     self.cursor = (self.cursor + 1) % self.n_payloads
                     for model in self.models:
                         if len(self.sends) >= self.queue_limit:  # in flight + waiting: capped, never unbounded
-                            lifecycle.count_dropped(model, stage)
-                            lifecycle.warn_once("queue-full", "loadtest: open-loop sends are dropped (and counted): "
+                            self.process.count_dropped(model, stage)
+                            self.process.warn_once("queue-full", "loadtest: open-loop sends are dropped (and counted): "
                                                 "%d already in flight or waiting; the server cannot keep up with "
                                                 "the rate (raise --max-in-flight or lower the rate)", self.queue_limit)
                             continue

@@ -9,52 +9,18 @@ INT64 ``input_ids`` / ``attention_mask`` / ``token_type_ids`` as the model's con
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import numpy as np
 
+from loadtest.endpoint import parse_endpoint
 from loadtest.errors import LoadtestError
+from loadtest.modelspec import ModelSpec
 from loadtest.quality.dataset import EncodedInputs
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """What the client needs to know about one model: from the repository's config.pbtxt."""
-
-    name: str
-    inputs: tuple[tuple[str, str], ...]  # (name, numpy dtype)
-    output: str
-    max_batch_size: int  # 0: the model takes no batch dimension of its own, one example per request
-    feed: str = "tokens"  # tokens (input_ids, ...), text (one BYTES input), tensors (the set's input columns)
-
-    @property
-    def takes_text(self) -> bool:
-        """One BYTES input: the model tokenises inside Triton (e.g. a ``--with-tokenizer`` ensemble)."""
-        return self.feed == "text"
-
-
-def describe_model(repository, name: str) -> ServedModel:
-    """Read a model's inputs, output and max_batch_size from ``config.pbtxt`` (via ModelRepository)."""
-    from loadtest.repository import tensor_specs
-
-    config = repository.read_config(name)
-    inputs = tensor_specs(config.input)
-    unknown = [spec.name for spec in inputs if spec.name not in KNOWN_INPUTS]
-    if unknown:
-        raise LoadtestError(f"model '{name}' takes inputs {unknown} that a text classifier client cannot build (known: {', '.join(KNOWN_INPUTS)})")
-    if not any(spec.name == "input_ids" for spec in inputs):
-        raise LoadtestError(f"model '{name}' has no 'input_ids' input in its config.pbtxt")
-    outputs = [spec.name for spec in tensor_specs(config.output)]
-    if not outputs:
-        raise LoadtestError(f"model '{name}' declares no output in its config.pbtxt")
-    output = "logits" if "logits" in outputs else outputs[0]
-    return ServedModel(name, tuple((s.name, s.dtype) for s in inputs), output, int(config.max_batch_size))
-
-
-def served_model(model) -> ServedModel:
+def served_model(model) -> ModelSpec:
     """A classifier as the *server* describes it (``loadtest.load.server_models.ServerModel``).
 
     Fed as: ``text`` (a single BYTES input taking the text itself: a model that tokenises inside Triton,
@@ -84,28 +50,7 @@ def served_model(model) -> ServedModel:
             f"model '{model.name}' has outputs {[t.name for t in model.outputs]}: loadtest eval reads 'logits' "
             "(or a single floating-point output) as the class scores"
         )
-    return ServedModel(model.name, inputs, output, int(model.max_batch_size), feed)
-
-
-def parse_host(host: str) -> tuple[str, str]:
-    """``http(s)://h:p`` / ``grpc(s)://h:p`` / ``h:p`` -> (protocol, "h:p"); user-info is dropped (see credentials)."""
-    from loadtest.credentials import redact_url
-
-    shown = redact_url(host)
-    parsed = urlparse(host if "://" in host else f"http://{host}")
-    if parsed.scheme not in ("http", "https", "grpc", "grpcs"):
-        raise LoadtestError(f"--host {shown!r}: use http://HOST:PORT (or https://, grpc://, grpcs://)")
-    try:
-        hostname, port = parsed.hostname, parsed.port
-    except ValueError:
-        raise LoadtestError(f"--host {shown!r} has an invalid port: use a number 1-65535") from None
-    if not hostname:
-        raise LoadtestError(f"--host {shown!r} names no host")
-    if port == 0:
-        raise LoadtestError(f"--host {shown!r}: port 0 cannot be connected to: use a number 1-65535")
-    protocol = "grpc" if parsed.scheme.startswith("grpc") else "http"
-    port = port or (8001 if protocol == "grpc" else 8000)
-    return protocol, f"{hostname}:{port}"
+    return ModelSpec(model.name, inputs, (output,), int(model.max_batch_size), feed)
 
 
 class TritonEvaluator:
@@ -116,8 +61,8 @@ class TritonEvaluator:
 
         clean, user_info = split_host(host)
         self.host = clean  # what messages show: never the user-info
-        self.protocol, self.address = parse_host(clean)
-        self.ssl = urlparse(clean if "://" in clean else f"//{clean}").scheme in ("https", "grpcs")
+        self.endpoint = parse_endpoint(clean)
+        self.protocol, self.address, self.ssl = self.endpoint.protocol, self.endpoint.address, self.endpoint.ssl
         credentials = load_credentials(user_info)
         self.headers = credentials.request_headers(self.protocol)
         self.timeout_s = timeout_s
@@ -183,7 +128,7 @@ class TritonEvaluator:
 
     def logits(
         self,
-        model: ServedModel,
+        model: ModelSpec,
         encoded: EncodedInputs,
         batch_size: int,
         pad_id: int = 0,
@@ -218,7 +163,7 @@ class TritonEvaluator:
                 out = out.reshape(1, -1)
             if out.ndim != 2 or out.shape[0] != len(rows):
                 raise LoadtestError(
-                    f"model '{model.name}' returned '{model.output}' of shape {list(out.shape)} for a batch of {len(rows)};"
+                    f"model '{model.name}' returned '{model.primary_output}' of shape {list(out.shape)} for a batch of {len(rows)};"
                     " expected [batch, num_labels]"
                 )
             if result is None:
@@ -231,7 +176,7 @@ class TritonEvaluator:
         assert result is not None
         return result
 
-    def _batch_arrays(self, model: ServedModel, encoded: EncodedInputs, rows: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
+    def _batch_arrays(self, model: ModelSpec, encoded: EncodedInputs, rows: np.ndarray, pad_id: int) -> dict[str, np.ndarray]:
         length = int(max(encoded.sent_tokens[rows]))
         ids = np.full((len(rows), length), pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
@@ -245,7 +190,7 @@ class TritonEvaluator:
         built = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: built[name].astype(dtype) for name, dtype in model.inputs}
 
-    def _infer(self, model: ServedModel, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    def _infer(self, model: ModelSpec, arrays: dict[str, np.ndarray]) -> np.ndarray:
         from tritonclient.utils import np_to_triton_dtype
 
         inputs = []
@@ -257,12 +202,12 @@ class TritonEvaluator:
                 tensor.set_data_from_numpy(array, binary_data=True)
             inputs.append(tensor)
         if self.protocol == "grpc":
-            outputs = [self._module.InferRequestedOutput(model.output)]
+            outputs = [self._module.InferRequestedOutput(model.primary_output)]
             response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, client_timeout=self.timeout_s, headers=self.headers)
         else:
-            outputs = [self._module.InferRequestedOutput(model.output, binary_data=True)]
+            outputs = [self._module.InferRequestedOutput(model.primary_output, binary_data=True)]
             response = self._call(f"inference on '{model.name}'", self._client.infer, model.name, inputs, outputs=outputs, headers=self.headers)
-        out = response.as_numpy(model.output)
+        out = response.as_numpy(model.primary_output)
         if out is None:
-            raise LoadtestError(f"model '{model.name}' returned no '{model.output}' output")
+            raise LoadtestError(f"model '{model.name}' returned no '{model.primary_output}' output")
         return np.asarray(out, dtype=np.float64)

@@ -48,7 +48,7 @@ def eval_command(
     from loadtest.quality.runner import EvalSettings, run_eval
     from loadtest.quality.terminal import render_quality
 
-    from loadtest.quality.results import resolve_run
+    from loadtest.rundir import resolve_run
 
     console = Console(stderr=True)
     if _is_generative(dataset, repo, openai):
@@ -133,7 +133,7 @@ def gate_command(
     from rich.table import Table
 
     from loadtest.quality.gate import evaluate_gate, format_value, load_policy
-    from loadtest.quality.results import resolve_run
+    from loadtest.rundir import resolve_run
 
     gate_policy = load_policy(policy)
     run_dir = resolve_run(run)

@@ -18,6 +18,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from loadtest.analysis.metric_registry import METRICS
 from loadtest.errors import LoadtestError
 from loadtest.quality.fairness import FAIRNESS_METRICS
 from loadtest.quality.genscoring import GENERATIVE_METRICS, SUBSET_METRICS
@@ -25,23 +26,7 @@ from loadtest.quality.scoring import QUALITY_METRICS
 from loadtest.quality.slices import OVERALL
 
 # comparison.csv metric -> higher is better? (None: neither; cannot be a regression rule)
-SERVING_METRICS: dict[str, bool | None] = {
-    "requests": None,
-    "achieved_qps": True,
-    "tokens_per_s": True,
-    "p50_ms": False,
-    "p95_ms": False,
-    "p99_ms": False,
-    "error_rate": False,
-    "mean_batch_size": None,
-    "server_queue_ms": False,
-    "server_compute_infer_ms": False,
-    "qps_at_budget": True,
-    "tokens_per_s_at_budget": True,
-    "cost_per_1m_tokens_usd": False,
-    "cost_per_1k_requests_usd": False,
-    "energy_per_1m_tokens_j": False,
-}
+SERVING_METRICS: dict[str, bool | None] = {m.name: m.higher_is_better for m in METRICS.values()}
 KNOWN_METRICS = {
     **{k: v[0] for k, v in QUALITY_METRICS.items()},
     **{k: v[0] for k, v in GENERATIVE_METRICS.items()},

@@ -14,7 +14,7 @@ import pandas as pd
 from loadtest.quality.genfindings import derive_generative_findings
 from loadtest.quality.genscoring import GENERATIVE_METRICS
 from loadtest.quality.plots import slice_bars_svg
-from loadtest.quality.report import _STYLE, _cell, _findings_html, _row, baseline_html, fairness_html, format_figure
+from loadtest.quality.report_parts import _STYLE, _cell, _findings_html, _row, baseline_html, fairness_html, format_figure
 from loadtest.quality.slices import OVERALL
 
 OVERALL_ORDER = [

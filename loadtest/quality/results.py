@@ -15,41 +15,25 @@ import numpy as np
 import pandas as pd
 
 from loadtest.errors import LoadtestError
+from loadtest.rundir import QUALITY_DIR, TABLES_DIR, RunDir, client_host, create_run_dir, versions
 
-QUALITY_DIR = "quality"
 PER_EXAMPLE_FILE = "per_example.parquet"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
-COMPARISON_FILE = Path("tables") / "comparison.csv"
-DEFAULT_RESULTS = Path("results")
+COMPARISON_FILE = Path(TABLES_DIR) / "comparison.csv"
 
 
 def quality_dir(run_dir: Path) -> Path:
     return Path(run_dir) / QUALITY_DIR
 
 
-def resolve_run(run: str | Path, results_root: Path = DEFAULT_RESULTS) -> Path:
-    """A run given as a path, or as a run id under ``results/``."""
-    path = Path(run)
-    if path.is_dir():
-        return path
-    candidate = Path(results_root) / str(run)
-    if candidate.is_dir():
-        return candidate
-    raise LoadtestError(f"run {run!r} not found (neither a directory nor {candidate})")
-
-
 def new_run_dir(results_root: Path, kind: str = "eval") -> Path:
-    """A fresh ``results/YYYYmmdd-HHMMSS-<kind>`` (the load generator's run-id rules: never reused)."""
-    from loadtest.load.rundir import create_run_dir
-
+    """A fresh ``results/YYYYmmdd-HHMMSS-<kind>`` (the run directory's id rules: never reused)."""
     return create_run_dir(results_root, kind)
 
 
 def write_manifest(run_dir: Path, manifest: dict) -> Path:
     """manifest.json of a run this module created (``loadtest eval`` without ``--run-dir``)."""
-    from loadtest.load.rundir import RunDir, client_host, versions
-
     run = RunDir(Path(run_dir))
     return run.write_manifest({"run_id": run.run_id, **manifest, "client": client_host(), "versions": versions()})
 

@@ -222,7 +222,7 @@ def run_eval(settings: EvalSettings, console=None) -> QualityResults:
 
     from loadtest.quality import results as store
     from loadtest.load.preflight import check_server
-    from loadtest.load.settings import parse_endpoint
+    from loadtest.endpoint import parse_endpoint
     from loadtest.quality.client import TritonEvaluator, served_model
     from loadtest.quality.dataset import encode, load_dataset, tensors_only, text_only
     from loadtest.repository import METADATA_FILE, ModelRepository

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
-from loadtest.quality.report import format_figure as _num
+from loadtest.quality.report_parts import format_figure as _num
 
 
 def render_quality(result, console) -> None:
