@@ -73,7 +73,7 @@ def main() -> None:
     from rich.console import Console
 
     from loadtest.analysis.capacity import StepRules, capacity_at_budget
-    from loadtest.analysis.sweep import SweepSettings, SweepTarget, judge_step, run_step, run_sweep
+    from loadtest.sweep import SweepSettings, SweepTarget, judge_step, run_step, run_sweep
 
     console = Console()
     server = None
