@@ -233,7 +233,7 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
     """Sweep every model in turn with the same settings; write the sweep's run directory."""
     from rich.console import Console
 
-    from loadtest.analysis.sweep import _Ticker
+    from loadtest.sweep.run import _Ticker
     from loadtest.rundir import RunDir, create_run_dir
 
     settings.validate()

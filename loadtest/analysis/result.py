@@ -73,7 +73,7 @@ class Analysis:
             row = asdict(s)
             row["window_latency_ms"] = ";".join(f"{v:.3f}" for v in s.window_latency_ms)
             row["window_qps"] = ";".join(f"{v:.3f}" for v in s.window_qps)
-            row["reasons"] = "; ".join(s.reasons)
+            row["reasons"] = "; ".join(r.text for r in s.reasons)
             row["within_budget"] = s.within(self.budget_ms)
             rows.append(row)
         return pd.DataFrame(rows)
