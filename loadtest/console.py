@@ -27,12 +27,13 @@ class LineProgress:
     Why: rich draws nothing live when stdout is not a terminal, so ``make demo | tee log`` printed nothing
     for the minutes the pair took to build. A line appears when a task's note or description changes, or
     its completion moves on by ``step`` (a fraction of the total), or ``every_s`` seconds pass, whichever
-    comes first; each line says the task, its completion and the elapsed time.
+    comes first (a note that changes on every batch, like a training loss, prints at most every
+    ``note_every_s``); each line says the task, its completion and the elapsed time.
     """
 
-    def __init__(self, console, step: float = 0.1, every_s: float = 10.0):
+    def __init__(self, console, step: float = 0.1, every_s: float = 10.0, note_every_s: float = 3.0):
         self.console = console
-        self.step, self.every_s = step, every_s
+        self.step, self.every_s, self.note_every_s = step, every_s, note_every_s
         self.tasks: dict[int, dict] = {}
 
     def __enter__(self) -> LineProgress:
@@ -86,7 +87,9 @@ class LineProgress:
         state = (task["description"], text)
         last = task["printed"]
         moved = fraction is not None and last is not None and last[2] is not None and fraction - last[2] >= self.step
-        if not (force or last is None or state != last[:2] or moved or now - task["printed_at"] >= self.every_s):
+        renamed = last is not None and state[0] != last[0]
+        new_note = last is not None and state != last[:2] and now - task["printed_at"] >= self.note_every_s
+        if not (force or last is None or renamed or new_note or moved or now - task["printed_at"] >= self.every_s):
             return
         if last is not None and state == last[:2] and fraction == last[2]:
             return  # nothing new to say

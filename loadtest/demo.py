@@ -140,7 +140,7 @@ def run_demo(options: DemoOptions, console=None) -> Path:
 
 def _sweep(options: DemoOptions, server, run_dir: Path, console) -> None:
     """QPS at the budget for each model alone: `loadtest sweep`'s search, into the demo's run directory."""
-    from loadtest.analysis.sweep import SweepSettings, SweepTarget, run_sweep
+    from loadtest.sweep import SweepSettings, SweepTarget, run_sweep
     from loadtest.repository import ModelRepository
 
     meta = ModelRepository(options.repository).read_metadata()

@@ -1,4 +1,4 @@
-"""Percentiles, their order-statistic CIs, and the bootstrap significance rule (METHOD.md)."""
+"""Percentiles, their order-statistic CIs, and the bootstrap significance rule (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_ci_is_scipys_quantile_test_and_the_documented_order_statistics():
     est = stats.estimate(x, 99.0)
     ci = sst.quantile_test(x, q=0, p=0.99).confidence_interval(0.95)
     assert (est.ci_low, est.ci_high) == (ci.low, ci.high)
-    # METHOD.md: n = 1000, P99 -> [x(983), x(997)] (1-indexed)
+    # docs/method.md: n = 1000, P99 -> [x(983), x(997)] (1-indexed)
     assert (est.ci_low, est.ci_high) == (x[982], x[996])
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from loadtest.analysis.capacity import StepResult, StepRules
-from loadtest.analysis.sweep import SweepSettings, SweepTarget, passes, run_sweep, search
+from loadtest.sweep import SweepSettings, SweepTarget, passes, run_sweep, search
 
 
 def _step(load: float, latency_ms: float, *, counted: bool = True, reasons=(), mode: str = "open") -> StepResult:

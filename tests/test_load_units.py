@@ -26,6 +26,7 @@ from loadtest.load.records import RecordWriter
 from loadtest.load.runner import build_command, scenario_path
 from loadtest.load.settings import OPTIONS, LoadOptions
 from loadtest.load.stages import StageBoard, parse_duration, parse_stage_plan, stage_at
+from loadtest.analysis import stats
 from loadtest.load.summary import latency_percentiles, summarize_table
 from loadtest.rundir import COLUMNS, SCHEMA, Record, RunDir, claim_run_dir, create_run_dir, new_run_id, read_records, shard_paths
 
@@ -301,8 +302,11 @@ def test_summary_percentiles_are_numpys():
     rows = [_record(i, float(v)) for i, v in enumerate(latencies)]
     table = pa.Table.from_pylist([{c: getattr(r, c) for c in COLUMNS} for r in rows], schema=SCHEMA)
     (summary,) = summarize_table(table)
+    ok = np.array([r.latency_s for r in rows if r.success])  # the analyzer's rule: successful requests only
     for p, got in ((50, summary.p50_s), (95, summary.p95_s), (99, summary.p99_s)):
-        assert got == np.percentile(latencies, p, method="linear")
+        assert got == np.percentile(ok, p, method="linear")
+        assert summary.percentiles[float(p)] == stats.estimates(ok, (float(p),))[float(p)]  # the same CI as analyze
+    assert summary.percentiles[50.0].ci_low < summary.p50_s < summary.percentiles[50.0].ci_high
     assert summary.requests == 777 and summary.failures == 389
     assert math.isnan(latency_percentiles([])[50.0])
 

@@ -9,17 +9,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis, analyze_run
+    from loadtest.analysis.analyze import analyze_run
+    from loadtest.analysis.result import Analysis
     from loadtest.analysis.terminal import render_terminal
 
 __all__ = ["Analysis", "analyze_run", "render_terminal"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Analysis", "analyze_run"):
-        from loadtest.analysis import analyze
+    if name == "Analysis":
+        from loadtest.analysis.result import Analysis
 
-        return getattr(analyze, name)
+        return Analysis
+    if name == "analyze_run":
+        from loadtest.analysis.analyze import analyze_run
+
+        return analyze_run
     if name == "render_terminal":
         from loadtest.analysis.terminal import render_terminal
 

@@ -1,14 +1,15 @@
 """`analyze_run`: one run directory in, every table, the comparison and report.html out.
 
 This is the orchestration only; each figure's definition lives in its own module (stats, capacity,
-server_metrics, costs, compare). The result is a typed ``Analysis`` that the terminal renderer, the
-Markdown summary and the HTML report all read, so the three can never disagree.
+server_metrics, costs, footprint, metric_registry, verdict). The result is a typed ``Analysis``
+(``loadtest.analysis.result``) that the terminal renderer, the Markdown summary and the HTML report all
+read, so the three can never disagree; they import the result type, never this orchestrator.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,86 +23,11 @@ from loadtest.analysis.costs import DEFAULT_GRID_G_PER_KWH, CostBook, CostFigure
 from loadtest.analysis.footprint import Footprint, footprints
 from loadtest.analysis.metric_registry import METRICS
 from loadtest.analysis.records import ALL_STAGES, RunData, completed_within, distinct, load_run, stage_frames, window_of
+from loadtest.analysis.result import Analysis, BaselineComparison, Reference
+from loadtest.analysis.verdict import verdict
 from loadtest.errors import LoadtestError
 
 DEFAULT_BUDGET_MS = 100.0
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Which records a model's headline figures (and the comparison) are computed on."""
-
-    model: str
-    stage: str  # ALL_STAGES, or the at-budget step of a sweep
-    description: str
-    latencies_s: np.ndarray = field(repr=False)  # successful requests' latencies, sorted ascending
-    basis: str = "whole run"  # "whole run", "matched load" or "at budget" (loads differ between models)
-
-
-@dataclass
-class Analysis:
-    """Everything `loadtest analyze` computed for one run."""
-
-    run_dir: Path
-    run_id: str
-    kind: str
-    teacher: str | None
-    student: str | None
-    models: list[str]
-    budget_ms: float
-    budget_source: str
-    percentile: float
-    rules: StepRules
-    latency: pd.DataFrame  # per model x stage (+ the whole run), client and server side
-    steps: list[StepResult]
-    capacity: dict[str, Capacity]
-    costs: dict[str, CostFigures]
-    cost_book: CostBook
-    comparison: pd.DataFrame  # the tables/comparison.csv contract
-    difference: stats.DifferenceTest | None
-    references: dict[str, Reference]
-    power: sm.PowerSeries | None
-    grid_g_per_kwh: float
-    verdict: str
-    notes: list[str]
-    baseline: "BaselineComparison | None" = None
-    footprints: dict[str, Footprint] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict)
-    windows: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)  # model -> (stage, start, end)
-    tables_dir: Path | None = None
-    report_path: Path | None = None
-
-    @property
-    def steps_frame(self) -> pd.DataFrame:
-        rows = []
-        for s in self.steps:
-            row = asdict(s)
-            row["window_latency_ms"] = ";".join(f"{v:.3f}" for v in s.window_latency_ms)
-            row["window_qps"] = ";".join(f"{v:.3f}" for v in s.window_qps)
-            row["reasons"] = "; ".join(s.reasons)
-            row["within_budget"] = s.within(self.budget_ms)
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-    @property
-    def capacity_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([dict(asdict(c), role=self.role(c.model)) for c in self.capacity.values()])
-
-    @property
-    def cost_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([dict(asdict(c), role=self.role(c.model)) for c in self.costs.values()])
-
-    def role(self, model: str) -> str:
-        return "teacher" if model == self.teacher else "student" if model == self.student else "other"
-
-
-@dataclass
-class BaselineComparison:
-    """Version over version: the same figures for a previous run, and what changed."""
-
-    baseline_dir: Path
-    deltas: pd.DataFrame  # role, metric, unit, baseline, current, change_pct
-    p95_changes: dict[str, stats.DifferenceTest]  # role -> current vs baseline
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -418,19 +344,17 @@ def compute(
         difference = stats.percentile_difference(
             references[s].latencies_s, references[t].latencies_s, p=95.0, resamples=bootstrap_resamples
         )
-    analysis = Analysis(
+    summary = verdict(teacher=t, student=s, models=run.models, percentile=pct, budget_ms=budget, comparison=comparison,
+                      capacity=capacity, costs=costs, difference=difference, references=references)  # fmt: skip
+    return Analysis(
         run_dir=run.run_dir, run_id=run.run_dir.name, kind=str(run.manifest.get("kind", "run")),
         teacher=t, student=s, models=run.models, budget_ms=budget, budget_source=budget_source, percentile=pct,
         rules=rules, latency=latency, steps=steps, capacity=capacity, costs=costs, cost_book=book,
         comparison=comparison, difference=difference, references=references, power=sm.power_series(snaps),
         footprints=prints,
-        grid_g_per_kwh=grid_g_per_kwh, verdict="", notes=notes, manifest=run.manifest,
+        grid_g_per_kwh=grid_g_per_kwh, verdict=summary, notes=notes, manifest=run.manifest,
         windows={m: [(p.stage, *p.window) for p in _model_windows(run, m)] for m in run.models},
     )
-    from loadtest.analysis.verdict import verdict
-
-    analysis.verdict = verdict(analysis)
-    return analysis
 
 
 def compare_with_baseline(current: Analysis, baseline: Analysis) -> BaselineComparison:

@@ -4,7 +4,7 @@ A *step* is one stage of one model (a shape stage, or a sweep step). It *counts*
 enough, with enough requests after warm-up, few errors, achieved >= 95 % of the offered rate (open loop),
 and a stable percentile and throughput across consecutive windows (perf_analyzer's stability windows).
 QPS at budget B is the highest achieved QPS among counted steps whose percentile is <= B; the interval up
-to the first failing offered load above it says how precisely that is known (METHOD.md). The sweep uses
+to the first failing offered load above it says how precisely that is known (docs/method.md). The sweep uses
 exactly these rules to decide its steps, so `loadtest analyze` on a sweep run reproduces its answer.
 """
 
@@ -38,6 +38,29 @@ class StepRules(BaseModel):
         return max(self.min_requests, stats.min_samples_for_ci(percentile))
 
 
+# Why a step does not count (StepReason.code); each rule of StepRules has one.
+TOO_SHORT = "too_short"  # ran less than the minimum duration
+TOO_FEW = "too_few"  # fewer successful requests than the percentile needs
+ERRORS = "errors"  # error rate above the limit
+BELOW_OFFERED = "below_offered"  # open loop: answered less than the share of the offered load
+UNSTABLE = "unstable"  # throughput not stable across windows
+NO_CI = "no_ci"  # the percentile's CI cannot be formed
+FAILED = "failed"  # the step's run itself failed (every request failed, nothing recorded)
+REASON_WORDS = {UNSTABLE: "unstable", TOO_SHORT: "short", TOO_FEW: "too few requests", ERRORS: "errors",
+                BELOW_OFFERED: "below offered", NO_CI: "no CI", FAILED: "failed"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StepReason:
+    """One reason a step does not count: a code the search decides on, and the words a reader sees."""
+
+    code: str  # one of the constants above
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass
 class StepResult:
     """One model's figures in one step, and whether the step counts."""
@@ -62,7 +85,7 @@ class StepResult:
     stability_percentile: float | None = None  # the percentile the windows were compared on
     drifting: bool = False  # the windows' percentile rises window after window (see _drifting)
     counted: bool = False
-    reasons: list[str] = field(default_factory=list)  # why it does not count
+    reasons: list[StepReason] = field(default_factory=list)  # why it does not count
 
     @property
     def load(self) -> float:
@@ -88,7 +111,7 @@ class StepResult:
 
     def why_not_within(self, budget_ms: float) -> str:
         """The reasons this step does not count, or does not hold the budget; empty when it does."""
-        why = list(self.reasons)
+        why = [reason.text for reason in self.reasons]
         if self.drifts_past(budget_ms):
             rise = self.window_latency_ms[-1] / self.window_latency_ms[0] - 1
             why.append(
@@ -179,23 +202,24 @@ def step_result(
         result.stability_percentile = p_stab
     reasons = result.reasons
     if duration < rules.min_duration_s:
-        reasons.append(f"ran {duration:.1f} s < {rules.min_duration_s:g} s")
+        reasons.append(StepReason(TOO_SHORT, f"ran {duration:.1f} s < {rules.min_duration_s:g} s"))
     need = rules.effective_min_requests(percentile)
     if result.successes < need:
-        reasons.append(f"{result.successes} requests < {need}")
+        reasons.append(StepReason(TOO_FEW, f"{result.successes} requests < {need}"))
     if result.error_rate > rules.max_error_rate:
-        reasons.append(f"error rate {result.error_rate:.1%} > {rules.max_error_rate:.1%}")
+        reasons.append(StepReason(ERRORS, f"error rate {result.error_rate:.1%} > {rules.max_error_rate:.1%}"))
     if offered and loop == "open" and done_end.size < rules.min_achieved_ratio * scheduled:
-        reasons.append(
+        reasons.append(StepReason(
+            BELOW_OFFERED,
             f"answered {done_end.size} of {scheduled} scheduled sends in the window (< {rules.min_achieved_ratio:.0%}; "
-            f"{result.achieved_qps:.1f}/s at {offered:g}/s offered)"
-        )
+            f"{result.achieved_qps:.1f}/s at {offered:g}/s offered)",
+        ))  # fmt: skip
     result.drifting = unstable_latency  # judged against the budget: StepResult.drifts_past
     if unstable_qps:
-        reasons.append(f"throughput unstable across {k} windows (spread {_spread(result.window_qps):.0%})")
+        reasons.append(StepReason(UNSTABLE, f"throughput unstable across {k} windows (spread {_spread(result.window_qps):.0%})"))
     if not math.isfinite(result.ci_low_ms) or not math.isfinite(result.ci_high_ms):
-        if not any("requests <" in r for r in reasons):
-            reasons.append(f"P{percentile:g} CI cannot be formed")
+        if not any(r.code == TOO_FEW for r in reasons):
+            reasons.append(StepReason(NO_CI, f"P{percentile:g} CI cannot be formed"))
     result.counted = not reasons
     return result
 
@@ -275,16 +299,13 @@ def capacity_at_budget(steps: list[StepResult], model: str, budget_ms: float, pe
 
 def _summarise_reasons(steps: list[StepResult]) -> str:
     """'3 unstable, 1 below 95 % of offered' rather than every reason of every step."""
-    kinds = {"unstable": 0, "short": 0, "too few requests": 0, "errors": 0, "below offered": 0, "no CI": 0}
+    kinds = dict.fromkeys(REASON_WORDS.values(), 0)
     for s in steps:
         for r in s.reasons:
-            key = ("unstable" if "unstable" in r or "drifting" in r else "short" if r.startswith("ran ") else
-                   "too few requests" if " requests < " in r else "errors" if r.startswith("error rate") else
-                   "below offered" if r.startswith("answered") else "no CI")
-            kinds[key] += 1
+            kinds[REASON_WORDS[r.code]] += 1
     return ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
 
 
 def _failed_by_load(step: StepResult) -> bool:
     """Not counted because the server could not keep up (errors, shortfall, instability), not a short step."""
-    return any(not (r.startswith("ran ") or " requests < " in r) for r in step.reasons)
+    return any(r.code not in (TOO_SHORT, TOO_FEW) for r in step.reasons)

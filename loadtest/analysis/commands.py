@@ -162,7 +162,7 @@ def sweep(
     """
     from loadtest.analysis.analyze import analyze_run
     from loadtest.analysis.capacity import StepRules
-    from loadtest.analysis.sweep import SweepSettings, SweepTarget, run_sweep
+    from loadtest.sweep import SweepSettings, SweepTarget, run_sweep
     from loadtest.analysis.terminal import render_terminal
     from loadtest.errors import LoadtestError
 

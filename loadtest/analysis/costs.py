@@ -1,7 +1,7 @@
 """Cost, energy and carbon per unit of work, from a validated cost file and the measured capacity.
 
 Prices are inputs (list prices the user can override), never measurements; the output says which
-instance, price basis and date were used. Formulas (METHOD.md):
+instance, price basis and date were used. Formulas (docs/method.md):
 cost per 1M tokens = $/hour / (tokens/s at budget x 3600) x 1e6, per 1k requests likewise with QPS;
 energy per 1M tokens = energy over the measured window / tokens in it x 1e6; CO2e = kWh x grid g/kWh.
 """

@@ -262,9 +262,15 @@ def compute(run_dir: Path, slo: SLO | None = None, *, cost_file: Path | None = N
 
 
 def reference_window(a: GenerativeAnalysis, model: str) -> WindowFigures:
-    """Where cost is computed: with an SLO and several stages, the stage with the most output tokens/s whose
-    P95s meet the SLO (the capacity under the SLO); else the whole run."""
-    stages = [s for s in a.stages.get(model, []) if s.slo_p95_ok and s.error_rate <= 0.01]
+    """Where cost is computed: a sweep's best passing step; else, with an SLO and several stages, the stage with
+    the most output tokens/s whose P95s meet the SLO with few errors and its offered rate achieved (the capacity
+    under the SLO); else the whole run."""
+    swept = ((a.manifest.get("sweep") or {}).get("results") or {}).get(model) or {}
+    best = next((s for s in a.stages.get(model, []) if s.stage == swept.get("best_stage")), None)
+    if best is not None and a.slo is not None:
+        return best
+    stages = [s for s in a.stages.get(model, []) if s.slo_p95_ok and s.error_rate <= 0.01
+              and (s.offered_rate is None or s.requests_per_s >= 0.9 * s.offered_rate)]  # fmt: skip
     if a.slo is not None and len(a.stages.get(model, [])) > 1 and stages:
         return max(stages, key=lambda s: s.output_tokens_per_s)
     return a.overall[model]

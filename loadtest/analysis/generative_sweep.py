@@ -233,7 +233,7 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
     """Sweep every model in turn with the same settings; write the sweep's run directory."""
     from rich.console import Console
 
-    from loadtest.analysis.sweep import _Ticker
+    from loadtest.sweep.run import _Ticker
     from loadtest.rundir import RunDir, create_run_dir
 
     settings.validate()
@@ -273,6 +273,7 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
         manifest = rundir.read_manifest()
         manifest["sweep"]["results"][model] = {
             "rate_low": result.best.rate if result.best else None, "rate_high": result.failing_rate,
+            "best_stage": result.best.label if result.best else None,
             "resolution_pct": result.resolution * 100 if result.resolution is not None else None,
             "requests_per_s": result.best.figures.requests_per_s if result.best else None,
             "output_tokens_per_s": result.best.figures.output_tokens_per_s if result.best else None,

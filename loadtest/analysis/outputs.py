@@ -15,7 +15,7 @@ from loadtest.analysis import stats, views
 from loadtest.rundir import REPORT_FILE, RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis
+    from loadtest.analysis.result import Analysis
 
 TEXT_HEADERS = views.PROSE_HEADERS | {"Instance", "Student is", "Counts", "Within budget"}
 COMPARISON_COLUMNS = ["metric", "unit", "teacher", "student", "student_over_teacher", "saving_pct"]

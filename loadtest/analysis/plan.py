@@ -16,7 +16,7 @@ import pandas as pd
 from loadtest.errors import LoadtestError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis
+    from loadtest.analysis.result import Analysis
 
 
 @dataclass(frozen=True)

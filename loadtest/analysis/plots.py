@@ -15,7 +15,7 @@ import numpy as np
 from loadtest.analysis import stats
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis
+    from loadtest.analysis.result import Analysis
 
 COLORS = {"teacher": "#3b5b92", "student": "#e8743b", "other": "#6b8e23"}
 BUDGET_COLOR = "#c0392b"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from loadtest.analysis import fmt, plots, stats, views
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis
+    from loadtest.analysis.result import Analysis
 
 LOG = logging.getLogger(__name__)
 

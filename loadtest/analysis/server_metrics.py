@@ -2,7 +2,7 @@
 
 Triton exports cumulative counters (``nv_inference_*_duration_us``, request/inference/execution counts,
 ``nv_energy_consumption``) and power gauges; our NVML exporter adds ``loadtest_gpu_*``. A window's figures
-are counter *deltas* between two samples bracketing it (METHOD.md). Samples come either from the
+are counter *deltas* between two samples bracketing it (docs/method.md). Samples come either from the
 ``metrics/<unix_ms>-<label>.prom`` snapshots saved during the run, or from range queries on a Prometheus
 that scraped the run; both become the same list of ``Snapshot`` objects, so one code path computes both.
 """

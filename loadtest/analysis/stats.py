@@ -1,8 +1,9 @@
 """Percentiles, their distribution-free confidence intervals, and the bootstrap test of a P95 difference.
 
 Every latency figure in the analyzer goes through this module so that one definition holds everywhere
-(docs: /work/shared/METHOD.md): numpy's ``linear`` percentile on the raw latencies, and the 95 % CI of a
-quantile from order statistics exactly as ``scipy.stats.quantile_test(...).confidence_interval`` forms it.
+(docs/method.md): numpy's ``linear`` percentile on the raw latencies, and the 95 % CI of a quantile from
+order statistics exactly as ``scipy.stats.quantile_test(...).confidence_interval`` forms it. Both are read
+from the sorted sample directly (no partition, no re-sort per figure), equal bit for bit to numpy's and scipy's.
 A CI that cannot be formed (too few samples for that quantile) is reported as such: the caller gets
 ``ci_ok = False`` and must not present the percentile as a defensible number.
 """

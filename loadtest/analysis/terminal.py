@@ -9,7 +9,7 @@ from loadtest.analysis import views
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from loadtest.analysis.analyze import Analysis
+    from loadtest.analysis.result import Analysis
 
 STYLE = {"good": "green", "bad": "red", "muted": "dim", "": ""}
 

@@ -1,30 +1,37 @@
-"""The summary verdict: the few sentences a capacity planner reads first, built only from measured figures."""
+"""The summary verdict: the few sentences a capacity planner reads first, built only from measured figures.
+
+Computed from the figures before the ``Analysis`` is built (``analyze.compute`` passes them in), so the
+result is complete when it is created and this module needs nothing of the orchestrator.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-from loadtest.analysis import fmt
+import pandas as pd
 
-if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis
+from loadtest.analysis import fmt, stats
+from loadtest.analysis.capacity import Capacity
+from loadtest.analysis.costs import CostFigures
 
 
-def _fig(analysis: "Analysis", metric: str) -> tuple[float, float]:
-    row = analysis.comparison.set_index("metric").loc[metric]
+def _fig(comparison: pd.DataFrame, metric: str) -> tuple[float, float]:
+    row = comparison.set_index("metric").loc[metric]
     return float(row["teacher"]), float(row["student"])
 
 
-def verdict(analysis: "Analysis") -> str:
+def verdict(*, teacher: str | None, student: str | None, models: list[str], percentile: float, budget_ms: float,
+            comparison: pd.DataFrame, capacity: dict[str, Capacity], costs: dict[str, CostFigures],
+            difference: stats.DifferenceTest | None, references: dict) -> str:  # fmt: skip
     """Sentences comparing student with teacher; says plainly what could not be measured."""
-    if analysis.teacher not in analysis.models or analysis.student not in analysis.models:
-        present = ", ".join(analysis.models)
+    roles = {"teacher": teacher, "student": student}
+    if teacher not in models or student not in models:
+        present = ", ".join(models)
         return f"Only {present} was measured in this run: no teacher/student comparison is possible."
-    p, b = analysis.percentile, analysis.budget_ms
+    p, b = percentile, budget_ms
     parts: list[str] = []
-    t_q, s_q = _fig(analysis, "qps_at_budget")
-    caps = [analysis.capacity.get(m) for m in (analysis.teacher, analysis.student)]
+    t_q, s_q = _fig(comparison, "qps_at_budget")
+    caps = [capacity.get(m) for m in (teacher, student)]
     open_ended = [c is not None and c.known and c.load_high is None for c in caps]
     if math.isfinite(t_q) and math.isfinite(s_q) and all(open_ended):
         # neither model was pushed past its budget: the ratio of two lower bounds means nothing
@@ -42,18 +49,18 @@ def verdict(analysis: "Analysis") -> str:
     else:
         missing = [r for r, v in (("teacher", t_q), ("student", s_q)) if not math.isfinite(v)]
         reasons = "; ".join(
-            f"{r}: {analysis.capacity[getattr(analysis, r)].note}" for r in missing if getattr(analysis, r) in analysis.capacity
+            f"{r}: {capacity[roles[r]].note}" for r in missing if roles[r] in capacity
         )
         parts.append(f"QPS at P{p:g} ≤ {b:g} ms is not known for the {' and '.join(missing)} ({reasons}).")
-    t_c, s_c = _fig(analysis, "cost_per_1m_tokens_usd")
+    t_c, s_c = _fig(comparison, "cost_per_1m_tokens_usd")
     if math.isfinite(t_c) and math.isfinite(s_c) and not all(open_ended):
-        inst = next(iter(analysis.costs.values())).instance
+        inst = next(iter(costs.values())).instance
         change = abs(1 - s_c / t_c) * 100
         word = "the same" if change < 0.5 else f"{change:.0f} % {'less' if s_c < t_c else 'more'}"
         parts.append(f"Cost per 1M tokens: {fmt.usd(s_c)} vs {fmt.usd(t_c)} on {inst} ({word}).")
-    d = analysis.difference
-    t_p, s_p = _fig(analysis, "p95_ms")
-    refs = [analysis.references.get(m) for m in (analysis.teacher, analysis.student)]
+    d = difference
+    t_p, s_p = _fig(comparison, "p95_ms")
+    refs = [references.get(m) for m in (teacher, student)]
     where = ""
     if all(r is not None for r in refs):
         if refs[0].basis == "matched load":
@@ -73,7 +80,7 @@ def verdict(analysis: "Analysis") -> str:
                 f"{where + 'he P95' if where else 'P95'} shows no significant difference (bootstrap 95 % CI {d.ci_low_s * 1000:+.3g} … "
                 f"{d.ci_high_s * 1000:+.3g} ms, noise threshold ±{d.noise_threshold_s * 1000:.2g} ms)."
             )
-    t_e, s_e = _fig(analysis, "error_rate")
+    t_e, s_e = _fig(comparison, "error_rate")
     if (math.isfinite(t_e) and t_e > 0) or (math.isfinite(s_e) and s_e > 0):
         parts.append(f"Errors: teacher {fmt.rate(t_e)}, student {fmt.rate(s_e)}.")
     return " ".join(parts)

@@ -16,7 +16,7 @@ from loadtest.analysis.metric_registry import label as metric_label
 from loadtest.analysis.records import ALL_STAGES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from loadtest.analysis.analyze import Analysis
+    from loadtest.analysis.result import Analysis
 
 # Columns of sentences rather than figures: every renderer wraps them (and aligns them left).
 PROSE_HEADERS = frozenset({"Note", "Why not", "Energy source"})

@@ -9,7 +9,9 @@ Never imports Locust or gevent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from loadtest.credentials import Credentials, load_credentials, split_host
 
 from loadtest.errors import LoadtestError
 from loadtest.generative.prompts import Prompt, PromptSpec, TokenCounter, build_prompts, load_tokenizer
@@ -68,6 +70,7 @@ class GenerativeContext:
     counter: TokenCounter | None
     extra: dict
     served: tuple = ()  # Triton APIs: ServerModel per model, as the pre-flight found them
+    credentials: Credentials = field(default_factory=Credentials, repr=False)  # only in memory, never written
 
     generative = True
 
@@ -85,7 +88,8 @@ def model_names(options: LoadOptions, generation: GenerationOptions) -> list[str
     return list(dict.fromkeys(names))
 
 
-def check_triton_models(endpoint: LLMEndpoint, models: list[str], options: LoadOptions, stream: bool) -> tuple:
+def check_triton_models(endpoint: LLMEndpoint, models: list[str], options: LoadOptions, stream: bool,
+                        credentials: Credentials | None = None) -> tuple:
     """Pre-flight (reachable, protocol, every model READY) and the generative contract, before the test.
 
     Streaming from Triton needs decoupled models: one that is not is named here, in one line.
@@ -93,7 +97,7 @@ def check_triton_models(endpoint: LLMEndpoint, models: list[str], options: LoadO
     from loadtest.load.preflight import check_server
 
     checked = check_server(endpoint.server, models, version=options.model_version, wait_ready_s=options.wait_ready,
-                           timeout_s=min(options.request_timeout, CONFIG_TIMEOUT_S))  # fmt: skip
+                           timeout_s=min(options.request_timeout, CONFIG_TIMEOUT_S), credentials=credentials)  # fmt: skip
     for model in checked.models:
         if stream and not model.decoupled:
             raise LoadtestError(
@@ -118,6 +122,11 @@ def build_generative_context(options: LoadOptions, generation: GenerationOptions
     if host and "://" not in host and generation.api == TRITON_GRPC:
         host = f"grpc://{host}"
     server = parse_endpoint(host, protocol)
+    _, user_info = split_host(host)  # URL user-info becomes a header in memory; the records never see it
+    credentials = load_credentials(
+        user_info, headers_file=options.headers_file or None, ca_file=options.ssl_ca_file or None,
+        cert_file=options.ssl_cert_file or None, key_file=options.ssl_key_file or None,
+    )  # fmt: skip
     endpoint = LLMEndpoint(generation.api, server)
     models = model_names(options, generation)
     tokenizer = load_tokenizer(generation.tokenizer) if generation.tokenizer else None
@@ -133,7 +142,7 @@ def build_generative_context(options: LoadOptions, generation: GenerationOptions
     )
     served: tuple = ()
     if check_server and generation.api in (TRITON_GENERATE, TRITON_GRPC):
-        served = check_triton_models(endpoint, models, options, generation.stream)
+        served = check_triton_models(endpoint, models, options, generation.stream, credentials)
     prompts = build_prompts(spec, tokenizer)
     return GenerativeContext(
         options=options,
@@ -147,4 +156,5 @@ def build_generative_context(options: LoadOptions, generation: GenerationOptions
         counter=TokenCounter(tokenizer) if tokenizer is not None else None,
         extra=generation.extra(),
         served=served,
+        credentials=credentials,
     )

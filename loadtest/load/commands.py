@@ -102,6 +102,7 @@ def run(
     from loadtest.console import output_console
     from loadtest.credentials import redact_url
     from loadtest.load.runner import INCOMPLETE_EXIT_CODE, run_locust, scenario_path
+    from loadtest.load.stages import parse_duration
 
     scenario_path(scenario)
     check_run_options(
@@ -132,7 +133,8 @@ def run(
         context = preflight(host, values, console, str(tokenizer) if tokenizer else "")
         ready = ", ".join(f"{m.name} v{m.version or (m.versions[-1] if m.versions else '?')}" for m in context.served)
         console.print(f"pre-flight: {redact_url(host)} live, models READY: {ready}", highlight=False, soft_wrap=True)
-    with console.status(f"running {scenario} against {redact_url(host)} for {run_time}"):
+    with console.status(f"running {scenario} against {redact_url(host)} for {run_time}"), \
+            _log_progress(console, f"running {scenario}", parse_duration(run_time)):
         result = run_locust(
             scenario, host, users=users, spawn_rate=spawn_rate, run_time=run_time, arrival_rate=arrival_rate,
             arrival=arrival, stages=stages, shape=shape, models=models, repository=repository, dataset=dataset,
@@ -156,15 +158,24 @@ def run(
         if result.exit_code != 0:
             raise typer.Exit(result.exit_code)
         return
+    from loadtest.analysis.stats import PERCENTILE_METHOD
+
     summaries = result.summary()
-    table = Table(box=box.SIMPLE_HEAD, caption="latency percentiles: numpy 'linear' over every raw record")
+    table = Table(box=box.SIMPLE_HEAD, caption=(
+        f"successful requests; percentiles: numpy '{PERCENTILE_METHOD}' over every raw latency, [95 % CI] by order "
+        "statistics (the figures `loadtest analyze` reports)"))  # fmt: skip
     columns = ("model", "requests", "failures", "late", "req/s", "tokens/s", "p50 ms", "p95 ms", "p99 ms", "max ms")
     for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for s in summaries:
+        cells = []
+        for p in (50.0, 95.0, 99.0):
+            e = s.percentiles[p]
+            ci = f" [{e.ci_low * 1e3:.3f}, {e.ci_high * 1e3:.3f}]" if e.ci_ok else " [n/a: n too small]"
+            cells.append(f"{e.value * 1e3:.3f}{ci}")
         table.add_row(
             s.model, str(s.requests), str(s.failures), str(s.late), f"{s.achieved_rps:.2f}", f"{s.tokens_per_s:.0f}",
-            f"{s.p50_s * 1e3:.3f}", f"{s.p95_s * 1e3:.3f}", f"{s.p99_s * 1e3:.3f}", f"{s.max_s * 1e3:.3f}",
+            *cells, f"{s.max_s * 1e3:.3f}",
         )  # fmt: skip
     console.print(table)
     from loadtest.analysis.reconcile import reconcile
@@ -187,6 +198,39 @@ def run(
         raise SystemExit(INCOMPLETE_EXIT_CODE)
     if result.exit_code != 0:
         raise SystemExit(result.exit_code)  # not typer.Exit: under standalone_mode=False click would return it
+
+
+class _log_progress:
+    """Outside a terminal (CI logs, ``| tee``) rich's status spinner prints nothing: print the run's clock
+    instead, a line every 10 seconds, until Locust returns."""
+
+    def __init__(self, console, description: str, total_s: float, every_s: float = 10.0):
+        self.console, self.description, self.total_s, self.every_s = console, description, total_s, every_s
+        self.thread = None
+
+    def __enter__(self):
+        import threading
+        import time
+
+        if self.console.is_terminal:
+            return self
+        self.done = threading.Event()
+        started = time.monotonic()
+
+        def tick() -> None:
+            while not self.done.wait(self.every_s):
+                elapsed = time.monotonic() - started
+                self.console.print(f"{self.description}: {elapsed:.0f} s of {self.total_s:g} s",
+                                   markup=False, highlight=False)  # fmt: skip
+
+        self.thread = threading.Thread(target=tick, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.thread is not None:
+            self.done.set()
+            self.thread.join(timeout=1)
 
 
 def check_run_options(*, host, users, spawn_rate, run_time, arrival_rate, arrival, stages, batch_size, processes,

@@ -267,13 +267,17 @@ class SSEClient(StreamingClient):
         super().__init__(context, request_event, **kw)
         from geventhttpclient import HTTPClient
 
+        from loadtest.credentials import http_client_tls
+
         server = context.endpoint.server
+        tls = http_client_tls(context.credentials) if server.ssl else {}
         self._http = HTTPClient(
-            server.host, server.port, ssl=server.ssl, concurrency=max(self.concurrency, 1),
-            connection_timeout=self.timeout_s, network_timeout=self.timeout_s,
+            server.host, server.port, concurrency=max(self.concurrency, 1),
+            connection_timeout=self.timeout_s, network_timeout=self.timeout_s, **tls,
         )  # fmt: skip
         self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream" if self.stream else
                         "application/json"}  # fmt: skip
+        self.headers.update(context.credentials.request_headers("http") or {})
         key = _api_key()
         if key and self.api in (wire.OPENAI_CHAT, wire.OPENAI_COMPLETIONS):
             self.headers["Authorization"] = f"Bearer {key}"
@@ -350,8 +354,12 @@ class _GrpcStream:
     def __init__(self, context: GenerativeContext):
         import tritonclient.grpc as grpcclient
 
+        from loadtest.credentials import grpc_client_tls
+
         server = context.endpoint.server
-        self.client = grpcclient.InferenceServerClient(server.address, ssl=server.ssl)
+        tls = grpc_client_tls(context.credentials) if server.ssl else {}
+        self.client = grpcclient.InferenceServerClient(server.address, **tls)
+        self.metadata = context.credentials.request_headers("grpc")
         self.responses: Queue = Queue()
         self.open = False
 
@@ -361,7 +369,7 @@ class _GrpcStream:
     def ensure_open(self) -> None:
         if not self.open:
             self.responses = Queue()
-            self.client.start_stream(callback=self._callback)
+            self.client.start_stream(callback=self._callback, headers=self.metadata)
             self.open = True
 
     def reset(self) -> None:

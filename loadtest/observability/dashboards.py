@@ -31,7 +31,7 @@ def _rate(metric: str, selector: str = M, by: str = "model") -> str:
 
 
 def _per_request_seconds(duration_metric: str) -> str:
-    """Mean of a Triton cumulative microsecond counter per successful request, in seconds (METHOD.md)."""
+    """Mean of a Triton cumulative microsecond counter per successful request, in seconds (docs/method.md)."""
     return f"{_rate(duration_metric)} / {_rate('nv_inference_request_success')} / 1e6"
 
 
@@ -225,7 +225,7 @@ PER_MODEL: tuple[Panel, ...] = (
     Panel(
         "Failures and missed sends",
         "Failed requests/s seen by clients and by Triton (by reason); open-loop sends that left late "
-        "or never left (coordinated-omission bookkeeping, METHOD.md).",
+        "or never left (coordinated-omission bookkeeping, docs/method.md).",
         "reqps",
         (
             Query(

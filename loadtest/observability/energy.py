@@ -1,6 +1,6 @@
 """GPU energy over measurement windows: ``begin_window(key)`` / ``end_window(key) -> Measurement``.
 
-Why windows: the analyzer needs joules for exactly the span of a run or a sweep step (METHOD.md,
+Why windows: the analyzer needs joules for exactly the span of a run or a sweep step (docs/method.md,
 "Energy"), not a power curve. Where every GPU has NVML's total-energy counter (Volta and newer) a
 window's energy is the counter's difference, the precise source; otherwise power is sampled in a
 background thread and integrated with the trapezoid rule, and the measurement says so

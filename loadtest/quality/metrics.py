@@ -1,4 +1,4 @@
-"""The quality formulas of METHOD.md, as plain numpy functions over per-example arrays.
+"""The quality formulas of docs/method.md, as plain numpy functions over per-example arrays.
 
 Every figure the quality report, the findings and the gate use comes from here, so there is one
 definition of each. Functions that bootstrap take *index* arrays (``rows``) of shape ``(..., n)`` so a
@@ -14,8 +14,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import optimize, special, stats
 
-PROBABILITY_FLOOR = 1e-12  # METHOD.md: probabilities clipped here before any logarithm
-ECE_BINS = 15  # METHOD.md / torchmetrics default
+PROBABILITY_FLOOR = 1e-12  # docs/method.md: probabilities clipped here before any logarithm
+ECE_BINS = 15  # docs/method.md / torchmetrics default
 CONFIDENCE_LEVEL = 0.95
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
@@ -61,7 +61,7 @@ def margin(probs: np.ndarray) -> np.ndarray:
 
 
 def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE_LEVEL) -> tuple[float, float]:
-    """Wilson score interval for a rate (METHOD.md); NaNs when there is nothing to count."""
+    """Wilson score interval for a rate (docs/method.md); NaNs when there is nothing to count."""
     if n <= 0:
         return (float("nan"), float("nan"))
     ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
