@@ -126,7 +126,7 @@ def main() -> None:
             random.Random(0).shuffle(order)
         for i, load in enumerate(order, 1):
             step_dir, label, _ = run_step(brute_dir, target, settings, args.model, i, load)
-            step = judge_step(step_dir, label, args.model, settings)
+            step = judge_step(step_dir, label, args.model, settings, load)
             steps.append(step)
             ok = step.within(args.budget_ms)
             console.print(f"  {load:g} req/s: {step.achieved_qps:.1f} achieved, P{args.percentile:g} "

@@ -279,3 +279,38 @@ def test_cli_serve_missing_repository_one_line_error(tmp_path):
     result = subprocess.run([LOADTEST, "serve", "--repo", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_request_fails_alone_and_is_counted(triton_server):
+    """Out-of-vocabulary ids: that request gets ORT's error (counted as a Triton failure); batch-mates succeed."""
+    client = httpclient.InferenceServerClient(triton_server.http_url.removeprefix("http://"), concurrency=4)
+    good = _arrays(triton_server.repository, "student", 1, 6)
+    bad = {**good, "input_ids": np.full((1, 6), 10**6, dtype=np.int64)}
+    try:
+        before = _failures(triton_server.metrics_url, "student")
+        with pytest.raises(Exception, match="indices element out of data bounds|out of range|Gather"):
+            client.infer("student", _inputs(httpclient, None, "student", 0, 0, bad))
+        os.kill(triton_server.tritonserver_pid, signal.SIGSTOP)  # queue them together
+        try:
+            pending = [client.async_infer("student", _inputs(httpclient, None, "student", 0, 0, p)) for p in (good, bad, good)]
+            time.sleep(0.3)
+        finally:
+            os.kill(triton_server.tritonserver_pid, signal.SIGCONT)
+        assert pending[0].get_result().as_numpy("logits").shape == (1, 4)
+        assert pending[2].get_result().as_numpy("logits").shape == (1, 4)
+        with pytest.raises(Exception):
+            pending[1].get_result()
+    finally:
+        client.close()
+    deadline = time.time() + 5
+    while _failures(triton_server.metrics_url, "student") < before + 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert _failures(triton_server.metrics_url, "student") >= before + 1
+
+
+def _failures(metrics_url: str, model: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(requests.get(metrics_url, timeout=5).text):
+        if family.name == "nv_inference_request_failure":
+            total += sum(s.value for s in family.samples if s.labels.get("model") == model)
+    return total

@@ -105,13 +105,20 @@ class TritonPythonModel:
                 return [self._response(outputs) for outputs in self._infer(requests)]
             except Exception:  # one bad request must not fail its batch-mates: answer them one by one
                 pass
-        return [self._answer_one(request) for request in requests]
+        answers = [self._answer_one(request) for request in requests]
+        errors = [a for a in answers if isinstance(a, str)]
+        if len(errors) == len(answers):
+            # Raised, the failure reaches Triton's statistics (nv_inference_request_failure); an error
+            # *response* would be counted as a success. Hence per-request errors only beside good requests.
+            raise pb_utils.TritonModelException(errors[0])
+        return [pb_utils.InferenceResponse(error=pb_utils.TritonError(a)) if isinstance(a, str) else a for a in answers]
 
     def _answer_one(self, request):
+        """The response for ``request`` alone, or the error's text."""
         try:
             return self._response(self._infer([request])[0])
         except Exception as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(exc).__name__}: {exc}"))
+            return f"{type(exc).__name__}: {exc}"
 
     def _infer(self, requests) -> list[list[np.ndarray]]:
         """One ONNX Runtime call for all ``requests``; the outputs of each request, in config order."""

@@ -72,7 +72,7 @@ def run_sweep(
             manifest.setdefault("client_host", step_manifest.get("client_host"))
             manifest["protocol"] = step_manifest.get("protocol")
             rundir.write_manifest(manifest)
-            return judge_step(step_dir, label, model, settings)
+            return judge_step(step_dir, label, model, settings, load)
 
         result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r, settings))
         results[model] = result

@@ -80,23 +80,23 @@ def run_step(
     return step_dir, label, float(duration)
 
 
-def judge_step(step_dir: Path, label: str, model: str, settings: SweepSettings) -> StepResult:
-    """The step's figures and counting decision from its own records (the analyzer's rules)."""
+def judge_step(step_dir: Path, label: str, model: str, settings: SweepSettings, load: float) -> StepResult:
+    """The step's figures and counting decision from its own records (the analyzer's rules) at ``load``."""
     from loadtest.analysis.records import load_run
 
     try:
         run = load_run(step_dir)
     except LoadtestError as exc:  # every request failed: the step fails, the sweep goes on
-        return _failed_step(model, label, settings, str(exc))
+        return _failed_step(model, label, settings, load, str(exc))
     frame = run.records[(run.records["stage"] == label) & (run.records["model"] == model)]
     info = run.stages.get(label)
     if len(frame) == 0:
-        return _failed_step(model, label, settings, "no requests recorded in the measured stage")
+        return _failed_step(model, label, settings, load, "no requests recorded in the measured stage")
     return step_result(frame, model, label, info, settings.rules, settings.percentile, run.dropped.get((model, label), 0))
 
 
-def _failed_step(model: str, label: str, settings: SweepSettings, why: str) -> StepResult:
-    load = float(label.rsplit("-", 1)[-1].rstrip("rpsu"))
+def _failed_step(model: str, label: str, settings: SweepSettings, load: float, why: str) -> StepResult:
+    """A step whose run failed outright: a structured FAILED outcome at the load it was driven at."""
     return StepResult(
         model=model, stage=label, loop=settings.mode, offered_rate=load if settings.mode == "open" else None,
         users=int(load) if settings.mode == "closed" else None, duration_s=0.0, requests=0, successes=0,
