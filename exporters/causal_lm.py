@@ -208,6 +208,10 @@ def _export_one(source: Path, name: str, staging: Path, tokenizer, prompts: Sequ
     if config.model_type not in _BUILDER_TYPES:
         raise LoadtestError(f"{source}: model type {config.model_type!r} is not one ONNX Runtime GenAI's builder "
                             f"exports here (supported: {', '.join(_BUILDER_TYPES)})")
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_size % 16:
+        raise LoadtestError(f"{source}: head size {head_size} is not a multiple of 16; ONNX Runtime's "
+                            "GroupQueryAttention (the builder's attention) refuses it on CPU")
     version = staging / name / "1"
     say(f"{name}: exporting with ONNX Runtime GenAI's model builder")
     start = time.perf_counter()

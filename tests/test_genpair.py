@@ -85,6 +85,8 @@ def test_distillation_loss_is_cross_entropy_plus_kl_on_answer_tokens_only():
 def test_settings_are_checked_with_one_line_errors():
     with pytest.raises(LoadtestError, match="num_heads"):
         make_settings(teacher={"num_layers": 2, "hidden_size": 30, "num_heads": 4, "intermediate_size": 64})
+    with pytest.raises(LoadtestError, match="multiple of 16"):
+        make_settings(student={"num_layers": 2, "hidden_size": 48, "num_heads": 2, "intermediate_size": 64})
     with pytest.raises(LoadtestError, match="rare-intent"):
         make_settings(n_eval=100)
     assert make_settings(quick=True, seed=2).settings_hash() != GenSettings.quick().settings_hash()

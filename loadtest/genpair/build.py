@@ -48,6 +48,9 @@ class LmArch(BaseModel):
     def _heads_divide_hidden(self) -> LmArch:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if (self.hidden_size // self.num_heads) % 16:
+            raise ValueError(f"head size {self.hidden_size // self.num_heads} is not a multiple of 16, which ONNX "
+                             "Runtime's GroupQueryAttention needs on CPU (the exported graph would not run)")
         return self
 
 
@@ -63,8 +66,8 @@ class GenSettings(BaseModel):
     hard_share: float = Field(default=0.10, ge=0.0, le=0.5)
     structured_share: float = Field(default=0.15, ge=0.0, le=0.5, description="share of JSON-reply prompts")
     vocab_size: int = Field(default=1024, ge=300, le=65_536, description="byte-level BPE vocabulary")
-    teacher: LmArch = LmArch(num_layers=4, hidden_size=96, num_heads=4, intermediate_size=256)
-    student: LmArch = LmArch(num_layers=2, hidden_size=48, num_heads=2, intermediate_size=128)
+    teacher: LmArch = LmArch(num_layers=4, hidden_size=96, num_heads=6, intermediate_size=256)
+    student: LmArch = LmArch(num_layers=2, hidden_size=48, num_heads=3, intermediate_size=128)
     teacher_epochs: int = Field(default=3, ge=1, le=100)
     student_epochs: int = Field(default=3, ge=1, le=100)
     teacher_lr: float = Field(default=3e-3, gt=0.0, le=1.0)
