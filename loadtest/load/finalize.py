@@ -69,7 +69,7 @@ def base_manifest(environment, process: LoadProcess, options: LoadOptions) -> di
         },
         "host": environment.host,
         "protocol": context.endpoint.protocol if context else None,
-        "credentials": context.credentials.describe() if context is not None and hasattr(context, "credentials") else None,
+        "credentials": context.credentials.describe() if context is not None else None,
         "models": _models(process),
         "payloads": context.payload_description if context else None,
         "settings": options.settings(),

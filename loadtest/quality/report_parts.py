@@ -71,7 +71,7 @@ def fairness_html(table: pd.DataFrame, fairness: dict | None) -> str:
         return ""
     score = fairness.get("score", "accuracy")
     lines = [
-        f"<h3>Fairness across '{escape(str(fairness.get('column')))}' groups ({escape(score)})</h3>",
+        f"<h3>Fairness across {escape(repr(str(fairness.get('column'))))} groups ({escape(score)})</h3>",
         f"<table><tr><th>group</th><th>n</th><th>teacher {escape(score)}</th><th>student {escape(score)}</th><th>student − teacher</th></tr>",
     ]
     for name, g in fairness.get("groups", {}).items():
