@@ -141,15 +141,21 @@ class OpenAIGenerative:
         """Reachable and healthy; model names are checked by the first answers (servers load by name on demand)."""
         import requests
 
-        answers = []
-        for path in ("/v1/models", "/health"):  # some servers (transformers serve) list no models but are healthy
+        answers, unreachable = [], []
+        # /health first (vLLM, SGLang, trtllm-serve, transformers serve), then /v1/models (OpenAI itself). A server
+        # may fail one probe and close the connection (transformers serve answers /v1/models with a 500 when its hub
+        # cache folder does not exist): try the next probe before calling the server unreachable.
+        for path in ("/health", "/v1/models"):
             try:
                 response = self.http.get(f"{self.url}{path}", timeout=10)
             except requests.RequestException as exc:
-                raise LoadtestError(f"cannot reach the OpenAI-compatible server at {self.url}: {exc.__class__.__name__}") from None
+                unreachable.append(exc.__class__.__name__)
+                continue
             if response.status_code == 200:
                 return
             answers.append(f"{path}: HTTP {response.status_code}")
+        if not answers:
+            raise LoadtestError(f"cannot reach the OpenAI-compatible server at {self.url}: {unreachable[0]}")
         raise LoadtestError(f"the OpenAI-compatible server at {self.url} is not ready ({'; '.join(answers)})")
 
     def generate(self, model: str, prompt: str, settings: GenerationSettings) -> Generated:
