@@ -25,7 +25,16 @@ def write_repo_files(root: Path) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
-    repo = Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd()
+def main(argv: list[str]) -> int:
+    """``[REPO_ROOT]`` (default: the current folder); ``-h``/``--help`` explains instead of writing a folder of that name."""
+    if any(arg.startswith("-") for arg in argv) or len(argv) > 1:
+        print("usage: python -m loadtest.observability [REPO_ROOT]\n\n" + (__doc__ or "").strip())
+        return 0 if set(argv) & {"-h", "--help"} else 2
+    repo = Path(argv[0]) if argv else Path.cwd()
     for written_path in write_repo_files(repo):
         print(f"wrote {written_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
