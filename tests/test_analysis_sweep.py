@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -134,6 +135,9 @@ def test_real_sweep_writes_a_run_directory_analyze_reproduces(triton_server, tmp
         loads = [s["offered_rate"] for s in manifest["stages"] if s["model"] == model]
         assert loads[0] == 10 and loads[1] in (20, 10, 5) and len(loads) == 2
     assert all(s["warmup_s"] > 0.5 for s in manifest["stages"])
+    # the steps' repository and serving memory reach the sweep's manifest: the footprint rows need them
+    assert Path(manifest["settings"]["repository"]) == Path(triton_server.repository)
+    assert all(manifest["serving_footprint"][m]["peak_rss_bytes"] > 0 for m in ("teacher", "student"))
     assert list((run_dir / "records").glob("*.parquet")) and list((run_dir / "metrics").glob("*.prom"))
     for model, result in outcome.results.items():
         assert len(result.steps) == 2 and "max-steps" in result.stopped
@@ -151,4 +155,6 @@ def test_real_sweep_writes_a_run_directory_analyze_reproduces(triton_server, tmp
             assert analysis.capacity[model].qps_at_budget == pytest.approx(result.best.achieved_qps)
     latency = pd.read_csv(run_dir / "tables" / "latency.csv")
     assert latency["server_queue_ms"].notna().all()  # every step bracketed by its own snapshots
-    assert not math.isnan(analysis.comparison.set_index("metric").at["p95_ms", "student"])
+    comparison = analysis.comparison.set_index("metric")
+    assert not math.isnan(comparison.at["p95_ms", "student"])
+    assert comparison.at["peak_rss_mb", "student"] > 0 and comparison.at["parameters", "student"] > 0

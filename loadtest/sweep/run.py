@@ -71,6 +71,8 @@ def run_sweep(
             manifest.setdefault("versions", step_manifest.get("versions"))
             manifest.setdefault("client_host", step_manifest.get("client_host"))
             manifest["protocol"] = step_manifest.get("protocol")
+            manifest.setdefault("settings", step_manifest.get("settings"))  # the repository: the analyzer's footprint
+            _keep_peak_memory(manifest, step_manifest.get("serving_footprint"))
             rundir.write_manifest(manifest)
             return judge_step(step_dir, label, model, settings, load)
 
@@ -82,6 +84,16 @@ def run_sweep(
         console.print(_result_line(result, settings))
     rundir.update_manifest(end=time.time())
     return SweepOutcome(sweep_dir, results)
+
+
+def _keep_peak_memory(manifest: dict, step_footprint) -> None:
+    """Each step measured the serving processes' memory; the sweep keeps every model's highest peak."""
+    if not isinstance(step_footprint, dict):
+        return
+    kept = manifest.setdefault("serving_footprint", {})
+    for model, seen in step_footprint.items():
+        if isinstance(seen, dict) and (seen.get("peak_rss_bytes") or 0) >= (kept.get(model, {}).get("peak_rss_bytes") or 0):
+            kept[model] = seen
 
 
 def _result_summary(result: SearchResult, settings: SweepSettings) -> dict:
