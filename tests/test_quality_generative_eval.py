@@ -128,3 +128,16 @@ def test_judge_agreement_with_labels(tmp_path):
     bad.write_text("id,equivalent\ng0,perhaps\n")
     with pytest.raises(LoadtestError, match="perhaps"):
         read_judge_labels(bad)
+
+
+def test_echo_offsets_that_count_a_bos_token_are_realigned():
+    """vLLM's text_offset counts '<s>' (3 characters) that its echoed text leaves out: the reference tokens
+    must still be the ones after the prompt (a response vLLM 0.32 gave; tests/test_quality_generative_vllm.py
+    checks the whole path against a live vLLM)."""
+    from loadtest.quality.genclient import _special_prefix_length
+
+    tokens = ["<s>", "customer", ":", " my", " card", ".", " agent", ":", " ", "ye", "s", "le"]
+    offsets = [0, 3, 11, 12, 15, 20, 21, 27, 28, 29, 31, 32]
+    text = "customer: my card. agent: yesle"
+    assert _special_prefix_length(text, tokens, offsets) == 3
+    assert _special_prefix_length("ab", ["a", "b"], [0, 1]) == 0  # offsets already relative to the text

@@ -279,7 +279,7 @@ def _teacher_forced_all(client, names, prompts, references, conventions, setting
             (lt, top_t), (ls, top_s) = got["teacher"], got["student"]
             if len(lt) != len(ls):
                 return None, "teacher and student tokenize the reference differently: token-level figures are not comparable"
-            agree = sum(a is not None and a == b for a, b in zip(top_t, top_s)) if all(top_t) and all(top_s) else float("nan")
+            agree = sum(a is not None and a == b for a, b in zip(top_t, top_s)) if all(t is not None for t in top_t + top_s) else float("nan")
             finite = {"teacher": bool(np.isfinite(lt).all()), "student": bool(np.isfinite(ls).all())}
             results.append(TeacherForced(len(lt), -float(np.sum(lt)), -float(np.sum(ls)), agree, float("nan"), {r: not ok for r, ok in finite.items()}))
             tick()
