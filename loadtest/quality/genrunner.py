@@ -205,7 +205,7 @@ def run_generative_eval(settings: GenEvalSettings, console=None) -> QualityResul
         if settings.judge is not None:
             task = progress.add_task("judge", total=len(prompts))
             t0 = time.perf_counter()
-            verdicts, judge_info = _judge_all(settings, client, names, prompts, outputs, gen, lambda k: progress.advance(task, k))
+            verdicts, judge_info, judge_replies = _judge_all(settings, client, names, prompts, outputs, gen, lambda k: progress.advance(task, k))
             timing["judge_s"] = time.perf_counter() - t0
     counter = conventions.get("teacher")
     for role in ("teacher", "student"):
@@ -227,6 +227,7 @@ def run_generative_eval(settings: GenEvalSettings, console=None) -> QualityResul
     finished = time.time()
     summary = result.summary
     if settings.judge is not None:
+        result.per_example["judge_reply"] = judge_replies  # the judge's own words: a "no verdict" explains itself
         summary["judge"] = judge_info
         if labels is not None:
             summary["judge"].update(_judge_agreement(result.per_example, labels))
@@ -322,7 +323,7 @@ def _judge_all(settings, client, names, prompts, outputs, gen, tick):
         "validated": False,
         "label": "unvalidated",
     }
-    return verdicts, info
+    return verdicts, info, [a.text if a.error is None else f"error: {a.error}" for a in answers]
 
 
 def _judge_agreement(per: pd.DataFrame, labels: dict[str, bool]) -> dict:
