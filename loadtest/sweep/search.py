@@ -135,8 +135,9 @@ def search(
                 return result
             load = lower
             run(load)
-        # 3. the first failure is retried once slightly lower (latency is not always monotonic in load)
-        retry = rounded(result.failing_load * settings.retry_lower)
+        # 3. the first failure is retried once slightly lower (latency is not always monotonic in load);
+        #    below what the server actually delivered when it could not keep up (see _retry_load)
+        retry = rounded(_retry_load(result.steps[-1], result.failing_load, settings))
         if not done() and result.best.load < retry < result.failing_load:
             run(retry)
         # 4. bisection until the interval is within ±tolerance
@@ -150,6 +151,23 @@ def search(
     except _Exhausted:
         result.stopped = f"stopped after --max-steps {settings.max_steps} steps"
     return result
+
+
+def _retry_load(failed: StepResult, failing_load: float, settings: SweepSettings) -> float:
+    """Where to retry the first failure: just below it, or just below what the server delivered.
+
+    Growth ×2 usually overshoots: an open-loop step far beyond capacity is answered at the server's
+    saturated throughput, well below its offered rate (the teacher of the demo: 186 req/s answered at 320
+    offered). Retrying at 95 % of the offered rate (304) is then a second overloaded step that teaches
+    nothing; 95 % of the delivered rate lands next to the knee, where the bisection needs its steps.
+    """
+    retry = failing_load * settings.retry_lower
+    if settings.mode == "open" and failed.load == failing_load and 0 < failed.achieved_qps < SATURATED * failing_load:
+        retry = min(retry, failed.achieved_qps * settings.retry_lower)
+    return retry
+
+
+SATURATED = 0.9  # an open-loop step answered below this share of its offered rate did not keep up
 
 
 class _Exhausted(Exception):
