@@ -118,3 +118,27 @@ def test_shipped_demo_policy_is_valid_and_gates_on_slices():
 def test_no_quality_results_is_a_one_line_error(tmp_path):
     with pytest.raises(LoadtestError, match="no quality results"):
         run_release_gate(tmp_path)
+
+
+def test_generative_report_html_carries_the_quality_section_and_the_gate(tmp_path):
+    """What the generative demo writes: report.html of the serving run shows the gate's verdict and the weak slice."""
+    from test_analysis_generative import _record
+
+    from loadtest.analysis import generative
+    from loadtest.analysis.generative import SLO
+    from loadtest.analysis.generative_report import write_outputs
+    from loadtest.load.records import RecordWriter
+    from loadtest.rundir import RunDir
+
+    run, _ = _run(tmp_path)
+    writer = RecordWriter(run, worker="w")
+    for model in ("teacher", "student"):
+        for i in range(40):
+            writer.append(_record(100.0 + i * 0.1, 0.05, 0.2, 16, 8, model=model))
+    writer.close()
+    RunDir(run).write_manifest({"run_id": "t", "workload": "generative", "models": {"teacher": "teacher", "student": "student"}})
+    gate = run_release_gate(run)
+    _, report = write_outputs(generative.compute(run, SLO(ttft_ms=200, itl_ms=50), resamples=100))
+    html = open(report).read()
+    assert "Generative quality through the served models" in html and "Release gate (gate-generative-demo.yaml)" in html
+    assert gate.verdict.split(" — ")[0] in html and f"segment={WORST}" in html
