@@ -43,6 +43,9 @@ class GenerativeSweepSettings:
     min_requests: int = 20
     max_error_rate: float = 0.01
     arrival: str = "constant"
+    # Start each model after the first at the previous model's highest passing rate: a student is expected near
+    # or above its teacher, so its search spends its steps bracketing instead of climbing from a low start.
+    chain_start: bool = False
 
     def validate(self) -> None:
         checks = [
@@ -115,7 +118,8 @@ def judge(frame: pd.DataFrame, model: str, label: str, rate: float, settings: Ge
 
 
 def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, model: str,
-           on_step: Callable[[Step, GenerativeSearch], None] | None = None) -> GenerativeSearch:  # fmt: skip
+           on_step: Callable[[Step, GenerativeSearch], None] | None = None,
+           start: float | None = None) -> GenerativeSearch:  # fmt: skip
     """Grow, retry the first failure once lower, bisect to ±tolerance (MLPerf server-scenario style)."""
     result = GenerativeSearch(model)
 
@@ -140,7 +144,7 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
         return float(f"{x:.3g}")
 
     try:
-        rate = rounded(settings.start)
+        rate = rounded(start or settings.start)
         while run(rate):
             if rate >= settings.max_rate:
                 result.stopped = f"reached --max-load {settings.max_rate:g} req/s within the SLO"
@@ -246,12 +250,18 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
         "models": {"teacher": roles.get("teacher"), "student": roles.get("student"), "names": models},
         "sweep": {"slo": settings.slo.__dict__, "start": settings.start, "growth": settings.growth,
                   "tolerance": settings.tolerance, "max_steps": settings.max_steps, "warmup_s": settings.warmup_s,
-                  "duration_s": settings.duration_s, "min_requests": settings.min_requests, "results": {}},
+                  "duration_s": settings.duration_s, "min_requests": settings.min_requests,
+                  "chain_start": settings.chain_start, "results": {}},
         "start": time.time(), "end": None, "stages": [],
     })  # fmt: skip
     results: dict[str, GenerativeSearch] = {}
+    previous: GenerativeSearch | None = None
     for model in models:
         counter = {"i": 0}
+        start = settings.start
+        if settings.chain_start and previous is not None and previous.best is not None:
+            start = max(settings.start, previous.best.rate)
+            console.print(f"{model}: starting at {start:g} req/s, {previous.model}'s highest passing rate")
 
         def measure(rate: float, model: str = model) -> Step:
             counter["i"] += 1
@@ -268,11 +278,12 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
             rundir.write_manifest(manifest)
             return judge(frame, model, label, rate, settings)
 
-        result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r))
+        result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r), start=start)
         results[model] = result
+        previous = result
         manifest = rundir.read_manifest()
         manifest["sweep"]["results"][model] = {
-            "rate_low": result.best.rate if result.best else None, "rate_high": result.failing_rate,
+            "start": start, "rate_low": result.best.rate if result.best else None, "rate_high": result.failing_rate,
             "best_stage": result.best.label if result.best else None,
             "resolution_pct": result.resolution * 100 if result.resolution is not None else None,
             "requests_per_s": result.best.figures.requests_per_s if result.best else None,
