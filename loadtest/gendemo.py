@@ -26,11 +26,11 @@ class GenDemoOptions:
     ttft_ms: float = 250.0
     itl_ms: float = 25.0
     output_tokens: int = 32
-    sweep_start: float = 2.0
+    sweep_start: float = 8.0  # the teacher's first rate; the student starts at the teacher's capacity (chain_start)
     step_seconds: float = 8.0
     warmup_seconds: float = 2.0
-    max_steps: int = 8
-    min_requests: int = 20
+    max_steps: int = 9
+    min_requests: int = 40
     quality: bool = True
     eval_limit: int | None = None  # evaluate on the first N frozen prompts (None: all)
 
@@ -86,7 +86,7 @@ def run_generative_demo(options: GenDemoOptions, console=None) -> Path:
     slo = SLO(ttft_ms=options.ttft_ms, itl_ms=options.itl_ms)
     settings = GenerativeSweepSettings(slo=slo, start=options.sweep_start, warmup_s=options.warmup_seconds,
                                        duration_s=options.step_seconds, max_steps=options.max_steps,
-                                       min_requests=options.min_requests)
+                                       min_requests=options.min_requests, chain_start=True)
     log_dir = options.results / ".triton-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with console.status("starting the embedded Triton ..."):
@@ -98,7 +98,8 @@ def run_generative_demo(options: GenDemoOptions, console=None) -> Path:
                      "--dataset", str(pair.eval_path), "--text-column", "prompt",
                      "--output-lengths", f"fixed:{options.output_tokens}", "--ignore-eos")
         console.print(f"sweeping teacher then student, each alone, for {slo.describe()} at P95: open-loop steps "
-                      f"from {settings.start:g} req/s, ×{settings.growth:g} then bisection to ±{settings.tolerance:.0%}")
+                      f"from {settings.start:g} req/s (the student from the teacher's capacity), ×{settings.growth:g} "
+                      f"then bisection to ±{settings.tolerance:.0%}, at most {settings.max_steps} steps each")
         outcome = run_generative_sweep(
             GenerativeTarget(server.http_url, load_args), settings, ["teacher", "student"],
             {"teacher": "teacher", "student": "student"},
