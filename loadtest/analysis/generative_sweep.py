@@ -5,7 +5,7 @@ a warm-up stage (its rows are labelled ``warmup`` in the sweep directory and nev
 measured stage. A step passes when it had enough successful requests, an error rate under the limit,
 achieved at least 90 % of the offered rate, and its P95 TTFT and P95 ITL (and P95 E2E when the SLO has
 one) are within the SLO. The search is the classifier sweep's: grow the rate geometrically until a step
-fails, retry that failure once slightly lower, then bisect until the interval is within ±tolerance of its
+fails, retry that failure once slightly lower (under the rate it delivered, when it could not keep up), then bisect until the interval is within ±tolerance of its
 midpoint; the answer is the interval, with the last passing step's figures. The sweep directory is an
 ordinary generative run directory, so ``loadtest analyze --slo`` reproduces every figure from the records.
 """
@@ -157,7 +157,11 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
                 return result
             rate = lower
             run(rate)
-        retry = rounded(result.failing_rate * settings.retry_lower)
+        basis = result.failing_rate
+        failed = next((s for s in result.steps if s.rate == result.failing_rate), None)
+        if failed is not None and failed.figures is not None and 0 < failed.figures.requests_per_s < MIN_ACHIEVED * failed.rate:
+            basis = failed.figures.requests_per_s  # overloaded: retry just under what it delivered, not what it was offered
+        retry = rounded(basis * settings.retry_lower)
         if not done() and result.best.rate < retry < result.failing_rate:
             run(retry)
         while not done():
