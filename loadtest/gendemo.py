@@ -26,7 +26,7 @@ class GenDemoOptions:
     ttft_ms: float = 250.0
     itl_ms: float = 25.0
     output_tokens: int = 32
-    sweep_start: float = 8.0  # the teacher's first rate; the student starts at the teacher's capacity (chain_start)
+    sweep_start: float = 16.0  # the teacher's first rate; the student starts at the teacher's capacity (chain_start)
     step_seconds: float = 8.0
     warmup_seconds: float = 2.0
     max_steps: int = 9
@@ -36,8 +36,8 @@ class GenDemoOptions:
 
     @classmethod
     def quick_preset(cls, **overrides) -> GenDemoOptions:
-        base = dict(quick=True, output_tokens=16, step_seconds=5.0, warmup_seconds=1.0, max_steps=5, min_requests=20,
-                    sweep_start=4.0, eval_limit=60)
+        base = dict(quick=True, output_tokens=16, step_seconds=5.0, warmup_seconds=1.0, max_steps=5, min_requests=40,
+                    sweep_start=20.0, eval_limit=60)
         return cls(**{**base, **overrides})
 
 

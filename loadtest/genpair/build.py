@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from loadtest.demopair.build import Progress, _Bar, _sweep_stale, default_cache_dir
 from loadtest.errors import LoadtestError
 
-BUILD_VERSION = 2  # 2: teacher 4 x 384 (compute that shows next to the per-token serving cost), cached teacher logits
+BUILD_VERSION = 2  # 2: teacher 8 x 256 (compute that shows next to the per-token serving cost), cached teacher logits
 MIN_RARE_EVAL = 50
 
 
@@ -69,7 +69,7 @@ class GenSettings(BaseModel):
     # The teacher is ~50× the student's parameters on purpose: served token by token, each token also costs
     # a fixed ~0.5 ms of CPU (engine step, Triton response, HTTP, client) that both models pay; a teacher of a
     # few hundred thousand parameters would differ from its student by a few percent of that (docs/generation.md).
-    teacher: LmArch = LmArch(num_layers=4, hidden_size=384, num_heads=6, intermediate_size=1024)
+    teacher: LmArch = LmArch(num_layers=8, hidden_size=256, num_heads=4, intermediate_size=704)
     student: LmArch = LmArch(num_layers=2, hidden_size=48, num_heads=3, intermediate_size=128)
     teacher_epochs: int = Field(default=2, ge=1, le=100)
     student_epochs: int = Field(default=3, ge=1, le=100)
