@@ -30,6 +30,7 @@ class GenDemoOptions:
     step_seconds: float = 8.0
     warmup_seconds: float = 2.0
     max_steps: int = 9
+    max_rate: float = 400.0  # the quick student sustains ~190 req/s: the sweep's default 200 cap would cut it off
     min_requests: int = 40
     quality: bool = True
     eval_limit: int | None = None  # evaluate on the first N frozen prompts (None: all)
@@ -86,7 +87,8 @@ def run_generative_demo(options: GenDemoOptions, console=None) -> Path:
     slo = SLO(ttft_ms=options.ttft_ms, itl_ms=options.itl_ms)
     settings = GenerativeSweepSettings(slo=slo, start=options.sweep_start, warmup_s=options.warmup_seconds,
                                        duration_s=options.step_seconds, max_steps=options.max_steps,
-                                       min_requests=options.min_requests, chain_start=True)
+                                       min_requests=options.min_requests, max_rate=options.max_rate,
+                                       chain_start=True)
     log_dir = options.results / ".triton-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with console.status("starting the embedded Triton ..."):
