@@ -11,8 +11,10 @@ ignore_eos, max_tokens, min_tokens); outputs ``text_output`` BYTES [1], ``num_ou
 response per piece of new text as the engine makes it; the last response carries the final flag. Errors
 come back as a response carrying a TritonError.
 
-``execute`` only parses and queues: the engine's own thread sends every response, so requests arriving
-while others generate join the running batch at the next decode step instead of waiting for them to end.
+``execute`` only parses and queues: the engine's thread makes every token, so requests arriving while others
+generate join the running batch at the next decode step instead of waiting for them to end; a sender thread
+(config parameter ``response_thread``, on unless "0") builds and sends the responses, in order, while the
+engine goes on to the next step.
 """
 
 import json
