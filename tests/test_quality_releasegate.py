@@ -63,6 +63,10 @@ def test_demo_policy_names_the_slice_that_drops_more_than_overall(tmp_path):
     # the verdict names it first, as do the terminal, the tables and the report
     assert gate.verdict.startswith("Gate (gate-generative-demo.yaml): FAIL")
     assert gate.verdict.index(f"segment={WORST}") <= min(gate.verdict.index(s) for s in failing)
+    from loadtest.quality.genfindings import derive_generative_findings
+
+    gaps = [f for f in derive_generative_findings(pd.read_csv(run / "quality" / "metrics.csv")) if f.kind == "coverage_gap"]
+    assert gaps and gaps[0].title == f"coverage gap: segment={WORST}"  # the finding names it too, first
     text = out.getvalue()
     assert f"segment={WORST}" in text and "FAIL" in text and "drop − overall" in text
     assert (run / "tables" / "gate_verdict.txt").read_text().strip() == gate.verdict
