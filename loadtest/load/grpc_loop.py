@@ -17,6 +17,7 @@ grpc.aio, gRPC's module sees a ``threading`` whose ``Thread`` is a real OS threa
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections import deque
 
@@ -30,6 +31,9 @@ def grpc_loop() -> GrpcLoop:
     with _LOOP_GUARD:
         if _LOOP is None:
             _LOOP = GrpcLoop()
+        elif _LOOP.pid != os.getpid():  # a fork copies no threads: the parent's loop thread is not here
+            raise RuntimeError("loadtest: the gRPC loop thread was started before this process was forked; "
+                               "start gRPC clients in each load process after forking")  # fmt: skip
         return _LOOP
 
 
@@ -84,6 +88,7 @@ class GrpcLoop:
     def __init__(self):
         import gevent
 
+        self.pid = os.getpid()
         self._hub = gevent.get_hub()
         self._answers: deque = deque()  # (waiter, ok, value), appended by the loop thread
         self._watcher = self._hub.loop.async_()
