@@ -101,7 +101,7 @@ def main() -> None:
         )
         target = SweepTarget(host=host, repository=repository, triton_metrics_url=metrics)
         args.out.mkdir(parents=True, exist_ok=True)
-        answers, took = [], []
+        answers, took, sent, sweep_steps = [], [], [], []
         for i in (1, 2):
             t0 = time.monotonic()
             console.rule(f"sweep {i}")
@@ -110,6 +110,8 @@ def main() -> None:
             result = outcome.results[args.model]
             answers.append(result.best.achieved_qps if result.best else math.nan)
             took.append(time.monotonic() - t0)
+            sent.append(sum(st.requests for st in result.steps))
+            sweep_steps.append(len(result.steps))
         lo_qps = args.grid_from_qps or answers[0] * args.grid_from
         hi_qps = args.grid_to_qps or answers[0] * args.grid_to
         grid = []
@@ -138,8 +140,11 @@ def main() -> None:
         monotone = monotone_crossing(steps, args.budget_ms)
         report = {
             "model": args.model, "budget_ms": args.budget_ms, "percentile": args.percentile,
-            "sweep_qps": answers, "sweep_seconds": took, "brute_force_qps": brute, "brute_force_steps": len(grid),
-            "brute_force_seconds": brute_took, "sweep1_over_brute": answers[0] / brute,
+            "sweep_qps": answers, "sweep_seconds": took, "sweep_steps": sweep_steps, "sweep_requests": sent,
+            "brute_force_qps": brute, "brute_force_steps": len(grid), "brute_force_seconds": brute_took,
+            "brute_force_requests": sum(st.requests for st in steps),
+            "sweep1_cost_vs_brute": {"seconds": took[0] / brute_took,
+                                     "requests": sent[0] / max(1, sum(st.requests for st in steps))}, "sweep1_over_brute": answers[0] / brute,
             "sweep2_over_brute": answers[1] / brute, "sweep2_over_sweep1": answers[1] / answers[0],
             "brute_force_monotone_qps": monotone, "sweep1_over_monotone": answers[0] / monotone,
             "sweep2_over_monotone": answers[1] / monotone,

@@ -146,7 +146,7 @@ def _sweep(options: DemoOptions, server, run_dir: Path, console) -> None:
     meta = ModelRepository(options.repository).read_metadata()
     settings = SweepSettings(
         budget_ms=options.budget_ms, percentile=options.percentile, start=options.sweep_start,
-        warmup_s=options.warmup_seconds, duration_s=options.step_seconds,
+        warmup_s=options.warmup_seconds, duration_s=options.step_seconds, confirm_failures=True,
     )
     host = server.http_url if options.protocol == "http" else server.grpc_url
     target = SweepTarget(host=host, repository=options.repository, protocol=options.protocol,

@@ -46,6 +46,70 @@ def test_growth_then_bisection_brackets_the_capacity_within_tolerance():
     assert all(passes(s, 50.0) == (s.load <= 137) for s in result.steps)
 
 
+def test_an_overloaded_first_failure_is_retried_below_what_the_server_delivered():
+    """Growth overshoots to 320 req/s; the server answers 186/s: the retry goes to 95 % of 186, not of 320."""
+    settings = SweepSettings(budget_ms=50.0, start=40, growth=2.0, tolerance=0.05)
+    loads = []
+
+    def measure(load):
+        loads.append(load)
+        step = curve(200.0)(load)
+        return replace(step, achieved_qps=min(load * 0.99, 186.0))
+
+    result = search(measure, settings, "m")
+    assert loads[:4] == [40, 80, 160, 320]
+    assert loads[4] == 176.7  # 0.95 x 186 delivered, not 0.95 x 320 offered
+    lo, hi = result.best.load, result.failing_load
+    assert lo <= 200 < hi and (hi - lo) / (hi + lo) <= 0.05
+
+
+def test_a_first_failure_that_kept_up_is_retried_below_its_offered_rate():
+    settings = SweepSettings(budget_ms=50.0, start=40, growth=2.0, tolerance=0.05)
+    loads = []
+
+    def measure(load):
+        loads.append(load)
+        return curve(300.0)(load)  # answered at 99 % of the offered rate: it kept up, latency broke the budget
+
+    search(measure, settings, "m")
+    assert loads[:5] == [40, 80, 160, 320, 304]
+
+
+def test_confirm_failures_measures_a_failure_that_kept_up_once_more():
+    """A stall fails the 80 req/s step once; confirmed, it passes, and the search goes on to the real knee."""
+    settings = SweepSettings(budget_ms=50.0, start=40, growth=2.0, tolerance=0.05, confirm_failures=True)
+    loads, stalled = [], {80.0}
+
+    def measure(load):
+        loads.append(load)
+        if load in stalled:
+            stalled.discard(load)
+            return _step(load, 2300.0)  # kept up (answered 99 %), P95 blown by a stall
+        if load >= 320:
+            return replace(_step(load, 900.0), achieved_qps=186.0)  # could not keep up
+        return curve(200.0)(load)
+
+    result = search(measure, settings, "m")
+    assert loads[:4] == [40, 80, 80, 160]  # the stalled step confirmed, and it passed
+    assert loads.count(320) == 1  # an overload is not measured again
+    failures_that_kept_up = [load for load in set(loads) if 200 < load < 320]
+    assert all(loads.count(load) == 2 for load in failures_that_kept_up)  # each honest failure confirmed
+    lo, hi = result.best.load, result.failing_load
+    assert lo <= 200 < hi and (hi - lo) / (hi + lo) <= 0.05
+
+
+def test_without_confirm_failures_a_single_failure_decides():
+    settings = SweepSettings(budget_ms=50.0, start=40, growth=2.0, tolerance=0.05)
+    loads = []
+
+    def measure(load):
+        loads.append(load)
+        return curve(150.0)(load)
+
+    search(measure, settings, "m")
+    assert loads.count(160) == 1
+
+
 def test_an_unstable_step_within_budget_is_measured_again():
     settings = SweepSettings(budget_ms=50.0, start=10, tolerance=0.2, max_steps=10)
     seen: dict[float, int] = {}

@@ -128,6 +128,11 @@ def sweep(
         0.25, "--stability-threshold", help="Relative rise (latency) / spread (throughput) across windows that fails a step."
     ),
     max_steps: int = typer.Option(24, "--max-steps", help="At most this many steps per model."),
+    confirm_failures: bool = typer.Option(
+        False, "--confirm-failures",
+        help="Measure a failing step that kept up with its load once more; it fails only if it fails again. Costs a "
+             "step per failure; keeps a busy host's stall from deciding the answer (the demo turns it on).",
+    ),
     arrival: str = typer.Option("constant", "--arrival", help="Open loop: constant or poisson inter-arrival times."),
     protocol: str | None = typer.Option(None, "--protocol", help="auto, http or grpc (default: from --host)."),
     lengths: str | None = typer.Option(None, "--lengths", help="Synthetic lengths (fixed:N, uniform:MIN:MAX, ...)."),
@@ -213,6 +218,7 @@ def sweep(
         settings = SweepSettings(
             budget_ms=budget_ms, percentile=percentile, mode=mode, start=start, growth=growth, max_load=max_load,
             tolerance=tolerance, max_steps=max_steps, warmup_s=warmup, duration_s=duration, arrival=arrival,
+            confirm_failures=confirm_failures,
             rules=StepRules(min_requests=min_requests, max_error_rate=max_error_rate,
                             stability_windows=stability_windows, stability_threshold=stability_threshold,
                             min_duration_s=min(5.0, duration)),
