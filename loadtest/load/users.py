@@ -154,7 +154,7 @@ class TritonUser(User):
     def _back_off_if_unreachable(self) -> None:
         """After a connection error, wait (exponential, counted); the next success resets it."""
         error = getattr(self.client, "last_error", None)
-        backoff = self.__dict__.setdefault("backoff", Backoff())
+        backoff = self.__dict__.get("backoff") or self.__dict__.setdefault("backoff", Backoff())  # built once
         if not is_connection_error(error):
             backoff.reset()
             return
