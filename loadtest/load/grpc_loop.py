@@ -17,6 +17,7 @@ grpc.aio, gRPC's module sees a ``threading`` whose ``Thread`` is a real OS threa
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections import deque
@@ -102,10 +103,12 @@ class GrpcLoop:
         started = _original("threading", "Event")()  # a real event: the loop thread is not a greenlet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_error: BaseException | None = None
+        self._stopped = _original("threading", "Event")()
         _original("_thread", "start_new_thread")(self._run, (started,))
         started.wait()
         if self._start_error is not None:
             raise self._start_error
+        atexit.register(self._stop_at_exit)
 
     # -- loop thread ---------------------------------------------------------------------------------
     def _run(self, started) -> None:
@@ -123,10 +126,20 @@ class GrpcLoop:
             self._init_grpc_aio()
         except BaseException as exc:  # reported to the constructor's caller
             self._start_error = exc
+            self._stopped.set()
             started.set()
             return
         started.set()
-        loop.run_forever()
+        try:
+            loop.run_forever()
+        finally:
+            self._stopped.set()
+
+    def _stop_at_exit(self) -> None:
+        """Stop the loop before the interpreter tears down the modules its thread still runs in."""
+        if not self._stopped.is_set():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._stopped.wait(2.0)
 
     def _init_grpc_aio(self) -> None:
         """Start grpc.aio's completion-queue poller on this loop, as a real OS thread."""
