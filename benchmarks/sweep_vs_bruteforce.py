@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--grid-to-qps", type=float)
     parser.add_argument("--out", type=Path, default=Path("results") / "benchmark-sweep")
     parser.add_argument("--min-requests", type=int, default=200)
+    parser.add_argument("--confirm-failures", action="store_true", help="as `loadtest sweep --confirm-failures` (the demo's)")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -98,6 +99,7 @@ def main() -> None:
         settings = SweepSettings(
             budget_ms=args.budget_ms, percentile=args.percentile, start=args.start, warmup_s=args.warmup,
             duration_s=args.step_duration, rules=StepRules(min_requests=args.min_requests),
+            confirm_failures=args.confirm_failures,
         )
         target = SweepTarget(host=host, repository=repository, triton_metrics_url=metrics)
         args.out.mkdir(parents=True, exist_ok=True)

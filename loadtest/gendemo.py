@@ -119,6 +119,12 @@ def run_generative_demo(options: GenDemoOptions, console=None) -> Path:
         with console.status("stopping Triton ..."):
             server.stop()
 
+    gate = None
+    if options.quality:  # release gate over the quality results: each slice's drop against the overall drop
+        from loadtest.quality.releasegate import run_release_gate
+
+        gate = run_release_gate(run_dir, console=console)
+
     # 4. analyze and decide
     analysis = generative.compute(run_dir, slo)
     tables, report = generative_report.write_outputs(analysis)
@@ -126,6 +132,8 @@ def run_generative_demo(options: GenDemoOptions, console=None) -> Path:
     line = capacity_verdict(outcome.results.get("teacher"), outcome.results.get("student"), slo)
     (run_dir / "tables" / "capacity_verdict.txt").write_text(line + "\n")
     console.print(f"\n[bold]{line}[/]")
+    if gate is not None:  # the demo exits 0 either way; `loadtest gate RUN --policy ...` gives the exit status
+        console.print(gate.verdict, style="bold " + ("green" if gate.passed else "red"), highlight=False, markup=False)
     console.print(f"[bold green]done[/] in {time.time() - started:.0f} s: {run_dir}/report.html, tables in "
                   f"{run_dir}/tables/")
     return run_dir

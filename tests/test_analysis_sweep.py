@@ -98,6 +98,23 @@ def test_confirm_failures_measures_a_failure_that_kept_up_once_more():
     assert lo <= 200 < hi and (hi - lo) / (hi + lo) <= 0.05
 
 
+def test_a_step_that_fell_behind_its_schedule_is_not_confirmed_even_near_its_offered_rate():
+    from loadtest.analysis.capacity import BELOW_OFFERED, StepReason
+
+    settings = SweepSettings(budget_ms=50.0, start=40, growth=2.0, tolerance=0.05, confirm_failures=True)
+    loads = []
+
+    def measure(load):
+        loads.append(load)
+        if load >= 160:  # answered 94 % of the offered rate: above 90 %, but behind the analyzer's 95 % schedule rule
+            return replace(_step(load, 900.0), achieved_qps=0.94 * load,
+                           reasons=[StepReason(BELOW_OFFERED, "answered 94 % of scheduled sends")])
+        return curve(150.0)(load)
+
+    search(measure, settings, "m")
+    assert all(loads.count(load) == 1 for load in loads if load >= 160)
+
+
 def test_without_confirm_failures_a_single_failure_decides():
     settings = SweepSettings(budget_ms=50.0, start=40, growth=2.0, tolerance=0.05)
     loads = []

@@ -128,3 +128,28 @@ def test_judge_agreement_with_labels(tmp_path):
     bad.write_text("id,equivalent\ng0,perhaps\n")
     with pytest.raises(LoadtestError, match="perhaps"):
         read_judge_labels(bad)
+
+
+def test_echo_offsets_that_count_a_bos_token_are_realigned():
+    """vLLM's text_offset counts '<s>' (3 characters) that its echoed text leaves out: the reference tokens
+    must still be the ones after the prompt (a response vLLM 0.32 gave; tests/test_quality_generative_vllm.py
+    checks the whole path against a live vLLM)."""
+    from loadtest.quality.genclient import _special_prefix_length
+
+    tokens = ["<s>", "customer", ":", " my", " card", ".", " agent", ":", " ", "ye", "s", "le"]
+    offsets = [0, 3, 11, 12, 15, 20, 21, 27, 28, 29, 31, 32]
+    text = "customer: my card. agent: yesle"
+    assert _special_prefix_length(text, tokens, offsets) == 3
+    assert _special_prefix_length("ab", ["a", "b"], [0, 1]) == 0  # offsets already relative to the text
+
+
+@pytest.mark.parametrize("verdicts,silent,expected", [(0, 100, True), (10, 90, True), (90, 10, False)])
+def test_a_judge_that_mostly_gives_no_verdict_is_a_finding(tmp_path, verdicts, silent, expected):
+    from loadtest.quality.genfindings import derive_generative_findings
+
+    table = _assembled(tmp_path).metrics
+    judge = {"model": "teacher", "verdicts": verdicts, "no_verdict": silent, "validated": verdicts > 0}
+    found = [f for f in derive_generative_findings(table, None, {"judge": judge}) if f.kind == "judge_without_verdicts"]
+    assert bool(found) is expected
+    if found:
+        assert f"yes or no on {verdicts} of {verdicts + silent} prompts" in found[0].message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import requests
 import sacrebleu
@@ -17,7 +18,7 @@ from _llm_fixtures import WORDS, make_tiny_causal_lm
 from _llm_server import TransformersServe
 from loadtest.errors import LoadtestError
 from loadtest.quality import results as store
-from loadtest.quality.genrunner import GenEvalSettings, run_generative_eval
+from loadtest.quality.genrunner import GenEvalSettings, parse_verdict, run_generative_eval
 from loadtest.quality.report import quality_section_html
 
 N = 24
@@ -89,6 +90,8 @@ def test_judge_defaults_to_the_served_teacher_and_is_unvalidated(served, evaluat
     result = run_generative_eval(replace(settings, judge="teacher", group_column=None, results=tmp_path, dataset=settings.dataset))
     judge = result.summary["judge"]
     assert judge["model"] == str(teacher) and judge["validated"] is False and judge["verdicts"] + judge["no_verdict"] == N
+    per = result.per_example  # the judge's replies are kept, and its verdicts are what they say
+    assert [parse_verdict(t) for t in per["judge_reply"]] == [None if pd.isna(v) else bool(v) for v in per["judge_equivalent"]]
     html = quality_section_html(result.run_dir)
     assert "judged_equivalence (unvalidated)" in html and "UNVALIDATED (no --judge-labels)" in html
     assert any(f.kind == "unvalidated_judge" for f in result.findings)

@@ -213,6 +213,11 @@ def render_html(a: GenerativeAnalysis) -> str:
     ]
     if a.teacher and a.student:
         sections.insert(0, f"<section><h2>Teacher vs student</h2>{_table(comp, list(comp.columns))}</section>")
+    from loadtest.quality.report import quality_section_html  # quality through the served models, with the gate
+
+    quality = quality_section_html(a.run_dir)
+    if quality:
+        sections.insert(1, f'<section id="quality">{quality}</section>')
     if not sig.empty:
         sections.append(f"<section><h2>Significance (bootstrap, student − teacher)</h2>{_table(sig, list(sig.columns))}"
                         "</section>")  # fmt: skip

@@ -88,7 +88,8 @@ def group_fairness(
     idx = np.flatnonzero(valid)
     names, codes = np.unique(groups, return_inverse=True)
     counts = np.bincount(codes[idx], minlength=len(names))
-    unstable = bool(counts[counts > 0].min(initial=0) < settings.min_group_n)
+    present = counts[counts > 0]
+    unstable = bool(present.size == 0 or present.min() < settings.min_group_n)  # the smallest group decides
     n = len(idx)
     rows: list[dict] = []
     nan2 = (float("nan"), float("nan"))

@@ -72,11 +72,14 @@ class _Rule(BaseModel):
 
 
 class ThresholdRule(_Rule):
-    """``min``/``max`` on a figure; ``ratio: true`` applies them to student / teacher instead."""
+    """``min``/``max`` on a figure; ``ratio: true`` applies them to student / teacher instead;
+    ``vs_overall: true`` to each slice's figure minus the overall one (a slice that loses more than the
+    whole set: the aggregate hides it)."""
 
     min: float | None = Field(None, allow_inf_nan=False)
     max: float | None = Field(None, allow_inf_nan=False)
     ratio: bool = Field(False, description="compare student / teacher rather than the model's own value")
+    vs_overall: bool = Field(False, description="compare each slice's figure minus the same figure overall")
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -84,6 +87,13 @@ class ThresholdRule(_Rule):
             raise ValueError("a rule needs 'min' or 'max'")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.vs_overall:
+            if self.ratio:
+                raise ValueError("give 'ratio' or 'vs_overall', not both")
+            if self.metric in SERVING_METRICS:
+                raise ValueError(f"'{self.metric}' is a serving figure: it has no slices to compare with overall")
+            if _as_list(self.slice) == [OVERALL]:
+                raise ValueError("'vs_overall' compares slices with overall: give 'slice' (e.g. \"*\")")
         return self
 
 
@@ -190,6 +200,8 @@ class _Figure:
     n: int | None
     unstable: bool
     key: tuple
+    raw: float | None = None  # vs_overall: the slice's own figure (value is raw − overall)
+    overall: float | None = None
 
 
 def _label(slice_name: str, slice_value: str) -> str:
@@ -290,11 +302,37 @@ def _missing(rule: _Rule, kind: str, model: str, why: str, limit: str) -> Check:
     return Check(kind, rule.metric, model, slice_text, None, False, None, limit, status, detail)
 
 
+def _signed(value: float) -> str:
+    return f"+ {_fmt(value)}" if value >= 0 else f"− {_fmt(-value)}"
+
+
+def _limit_text(rule: ThresholdRule) -> str:
+    if rule.vs_overall:
+        parts = ([f"≥ overall {_signed(rule.min)}"] if rule.min is not None else []) + ([f"≤ overall {_signed(rule.max)}"] if rule.max is not None else [])
+    else:
+        parts = ([f"≥ {_fmt(rule.min)}"] if rule.min is not None else []) + ([f"≤ {_fmt(rule.max)}"] if rule.max is not None else [])
+    return " and ".join(parts)
+
+
+def _relative_to_overall(rule: ThresholdRule, tables: dict, figures: list[_Figure]) -> list[_Figure] | str:
+    """Each slice's figure minus the overall figure (the overall row itself is not a slice: dropped)."""
+    overall = _quality_figures(tables.get("metrics"), rule.model_copy(update={"slice": OVERALL}))
+    if isinstance(overall, str) or overall[0].value is None:
+        return f"no overall '{rule.metric}' figure to compare the slices with"
+    base = overall[0].value
+    return [
+        _Figure(f.slice, None if f.value is None else f.value - base, f.n, f.unstable, f.key, f.value, base)
+        for f in figures
+        if f.slice != OVERALL
+    ]
+
+
 def _threshold_checks(rule: ThresholdRule, tables: dict, policy: GatePolicy) -> list[Check]:
     model = "student/teacher" if rule.ratio else rule.model
-    parts = ([f"≥ {_fmt(rule.min)}"] if rule.min is not None else []) + ([f"≤ {_fmt(rule.max)}"] if rule.max is not None else [])
-    limit = " and ".join(parts)
+    limit = _limit_text(rule)
     figures = _figures(rule, tables, rule.ratio)
+    if not isinstance(figures, str) and rule.vs_overall:
+        figures = _relative_to_overall(rule, tables, figures)
     if isinstance(figures, str):
         return [_missing(rule, "threshold", model, figures, limit)]
     checks = []
@@ -313,6 +351,8 @@ def _threshold_checks(rule: ThresholdRule, tables: dict, policy: GatePolicy) -> 
             continue
         ok = (rule.min is None or figure.value >= rule.min) and (rule.max is None or figure.value <= rule.max)
         detail = rule.note
+        if rule.vs_overall:
+            detail = f"slice {_fmt(figure.raw)} vs overall {_fmt(figure.overall)}" + (f"; {detail}" if detail else "")
         if figure.unstable:
             detail = (detail + "; " if detail else "") + "unstable: slice below the minimum n"
         checks.append(Check("threshold", rule.metric, model, figure.slice, figure.n, figure.unstable, figure.value, limit, _outcome(ok, figure, policy), detail))

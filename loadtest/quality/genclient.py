@@ -201,13 +201,34 @@ class OpenAIGenerative:
             return None
         offsets, values = logprobs["text_offset"], logprobs["token_logprobs"]
         tops = logprobs.get("top_logprobs") or [None] * len(values)
+        shift = _special_prefix_length(data["choices"][0].get("text") or "", logprobs.get("tokens") or [], offsets)
         end = len(prompt) + len(continuation)
         chosen, top1 = [], []
         for offset, value, top in zip(offsets, values, tops):
-            if len(prompt) <= offset < end and value is not None:
+            if len(prompt) <= offset - shift < end and value is not None:
                 chosen.append(float(value))
                 top1.append(max(top, key=top.get) if top else None)
         return (chosen, top1) if chosen else None
+
+
+def _special_prefix_length(text: str, tokens: list[str], offsets: list[int]) -> int:
+    """Characters the server's ``text_offset`` counts before the echoed text begins (0 for most servers).
+
+    vLLM counts a BOS token's text (``<s>``: 3) in the offsets but not in the echoed text, which would shift
+    every token by that much. The last token (the one generated) ends where the text ends: the difference
+    is the shift; failing that, the first token the text starts with begins the text.
+    """
+    if not tokens or len(tokens) != len(offsets):
+        return 0
+    last = tokens[-1]
+    if last and text.endswith(last):
+        shift = offsets[-1] + len(last) - len(text)
+        if shift >= 0:
+            return shift
+    for token, offset in zip(tokens, offsets):
+        if token and text.startswith(token):
+            return offset
+    return 0
 
 
 def connect(host: str, openai: bool, timeout_s: float, api_key: str | None = None):

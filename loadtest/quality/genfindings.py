@@ -9,7 +9,8 @@
   the teacher itself is far from the references: distillation cannot do better than its teacher;
 - ``empty_outputs``: the student returns empty answers the teacher does not;
 - ``length_drift``: the student's answers are much longer or shorter than the teacher's;
-- ``unvalidated_judge``: judged equivalence without ``--judge-labels`` (a reminder, not a verdict).
+- ``unvalidated_judge``: judged equivalence without ``--judge-labels`` (a reminder, not a verdict);
+- ``judge_without_verdicts``: the judge answered yes/no on fewer than 80 % of the prompts.
 Fairness (``fairness_gap_widened``) and the serving comparison reuse the classifier findings.
 """
 
@@ -34,6 +35,7 @@ class GenThresholds:
     length_low: float = 0.8
     length_high: float = 1.25
     max_listed: int = 8
+    judge_silent_share: float = 0.2  # share of prompts without a yes/no verdict from the judge
 
 
 def _label(row) -> str:
@@ -157,11 +159,33 @@ def _length_drift(table: pd.DataFrame, t: GenThresholds) -> list[Finding]:
     ]
 
 
-def _judge(summary: dict | None) -> list[Finding]:
-    judge = (summary or {}).get("judge")
-    if not judge or judge.get("validated"):
+def _judge_silent(judge: dict, t: GenThresholds) -> list[Finding]:
+    """A judge that mostly does not answer yes/no: its figures rest on the few prompts it did answer."""
+    verdicts, silent = int(judge.get("verdicts") or 0), int(judge.get("no_verdict") or 0)
+    if verdicts + silent == 0 or silent / (verdicts + silent) < t.judge_silent_share:
         return []
     return [
+        Finding(
+            "judge_without_verdicts",
+            "warning",
+            "the judge mostly gives no verdict",
+            f"The judge ({judge.get('model')}) answered yes or no on {verdicts} of {verdicts + silent} prompts; the rest of its replies "
+            "(kept as judge_reply in the per-example log) are no verdict, so judged equivalence and its agreement with labels rest on "
+            f"{verdicts} examples{' only' if verdicts else ' — none'}. A model trained for one task answers with that task: judge with an "
+            "instruction-following model (--judge URL --judge-model NAME).",
+            {"model": judge.get("model"), "verdicts": verdicts, "no_verdict": silent},
+        )
+    ]
+
+
+def _judge(summary: dict | None, t: GenThresholds | None = None) -> list[Finding]:
+    judge = (summary or {}).get("judge")
+    if not judge:
+        return []
+    silent = _judge_silent(judge, t or GenThresholds())
+    if judge.get("validated"):
+        return silent
+    return silent + [
         Finding(
             "unvalidated_judge",
             "info",
@@ -187,7 +211,7 @@ def derive_generative_findings(
         + _length_drift(table, t)
         + fairness_gap_widened(table, (summary or {}).get("fairness"), FindingThresholds())
         + _faster_not_cheaper(comparison, FindingThresholds())
-        + _judge(summary)
+        + _judge(summary, t)
     )
     order = {"fail": 0, "warning": 1, "info": 2}
     return sorted(findings, key=lambda f: order.get(f.severity, 3))

@@ -13,7 +13,7 @@ import pandas as pd
 
 from loadtest.quality.genfindings import derive_generative_findings
 from loadtest.quality.genscoring import GENERATIVE_METRICS
-from loadtest.quality.plots import slice_bars_svg
+from loadtest.quality.plots import slice_bars_svg, slice_drop_svg
 from loadtest.quality.report_parts import _STYLE, _cell, _findings_html, _row, baseline_html, fairness_html, format_figure
 from loadtest.quality.slices import OVERALL
 
@@ -53,10 +53,15 @@ def _overall(table: pd.DataFrame, judge: dict | None) -> str:
     return "\n".join(lines)
 
 
-def _slices(table: pd.DataFrame, summary: dict) -> str:
+def _slices(table: pd.DataFrame, summary: dict, gate: dict | None = None) -> str:
+    """Every slice's figures; the student's chrF drop beside the overall drop, and the gate's word on the slice."""
     head = "".join(f"<th>{escape(m)} {escape(metric)}</th>" for m, metric in SLICE_COLUMNS)
-    lines = [f"<table><tr><th>slice</th><th>n</th>{head}<th></th></tr>"]
+    lines = [f"<table><tr><th>slice</th><th>n</th>{head}<th>chrF drop − overall drop</th>"
+             f"{'<th>gate</th>' if gate else ''}<th></th></tr>"]
     keys = [(OVERALL, "all")] + [(s["name"], v) for s in summary.get("slices", []) for v in s.get("values", [])]
+    overall_drop = _row(table, "student", "chrf_drop")
+    statuses = {c["slice"]: c["status"] for c in (gate or {}).get("checks", [])
+                if c["metric"] == "chrf_drop" and str(c["limit"]).lstrip("≤≥ ").startswith("overall")}
     for name, value in keys:
         anchor = _row(table, "student", "chrf", name, value)
         if anchor is None:
@@ -64,9 +69,15 @@ def _slices(table: pd.DataFrame, summary: dict) -> str:
         unstable = bool(anchor["unstable"])
         label = "overall" if name == OVERALL else f"{name}={value}"
         cells = "".join(_cell(_row(table, m, metric, name, value), metric) for m, metric in SLICE_COLUMNS)
+        drop = _row(table, "student", "chrf_drop", name, value)
+        excess = ""
+        if name != OVERALL and drop is not None and overall_drop is not None and pd.notna(drop["value"]) and pd.notna(overall_drop["value"]):
+            excess = f"{float(drop['value']) - float(overall_drop['value']):+.2f}"
+        status = statuses.get(label, "")
+        gate_cell = (f'<td class="l {escape(status)}">{escape(status.upper())}</td>' if gate else "")
         lines.append(
-            f'<tr class="{"unstable" if unstable else ""}"><td>{escape(label)}</td><td>{int(anchor["n"])}</td>{cells}'
-            f'<td class="l">{"unstable (n below the minimum)" if unstable else ""}</td></tr>'
+            f'<tr class="{"unstable" if unstable else ""}"><td>{escape(label)}</td><td>{int(anchor["n"])}</td>{cells}<td>{excess}</td>'
+            f'{gate_cell}<td class="l">{"unstable (n below the minimum)" if unstable else ""}</td></tr>'
         )
     lines.append("</table>")
     return "\n".join(lines)
@@ -85,7 +96,47 @@ def _samples(per: pd.DataFrame | None) -> str:
     return "\n".join(lines)
 
 
-def generative_section_html(table: pd.DataFrame, summary: dict, comparison: pd.DataFrame | None, per: pd.DataFrame | None) -> str:
+def _relative_margin(gate: dict | None) -> float | None:
+    """The gate's allowance for a slice's chrF drop beyond the overall drop (``≤ overall + M``), if it has one."""
+    for check in (gate or {}).get("checks", []):
+        limit = str(check.get("limit", ""))
+        if check.get("metric") == "chrf_drop" and limit.startswith("≤ overall + "):
+            try:
+                return float(limit.removeprefix("≤ overall + ").split()[0])
+            except ValueError:
+                return None
+    return None
+
+
+def _gate(gate: dict | None) -> str:
+    """The release gate's verdict and every check that did not pass (the passing ones are counted)."""
+    if not gate:
+        return ""
+    checks = gate.get("checks", [])
+    shown = [c for c in checks if c.get("status") not in ("pass", "skipped")]
+    css = "fail" if not gate.get("passed") else "info"
+    parts = [f"<h3>Release gate ({escape(str(gate.get('policy_name') or gate.get('policy')))})</h3>",
+             f'<div class="finding {css}">{escape(str(gate.get("verdict", "")))}</div>']
+    if shown:
+        parts.append("<table><tr><th>status</th><th>metric</th><th>model</th><th>slice</th><th>n</th><th>value</th><th>limit</th><th>detail</th></tr>")
+        for c in shown:
+            value = c.get("value")
+            value_text = "—" if value is None else f"{float(value):.4g}"
+            parts.append(
+                f'<tr><td class="l">{escape(str(c["status"]).upper())}</td><td class="l">{escape(str(c["metric"]))}</td><td class="l">{escape(str(c["model"]))}</td>'
+                f'<td class="l">{escape(str(c["slice"]))}</td><td>{"" if c.get("n") is None else int(c["n"])}</td><td>{value_text}</td>'
+                f'<td class="l">{escape(str(c["limit"]))}</td><td class="l">{escape(str(c.get("detail") or ""))}</td></tr>'
+            )
+        parts.append("</table>")
+    passed = sum(c.get("status") == "pass" for c in checks)
+    parts.append(f'<p class="note">{passed} of {len(checks)} checks passed; every check: quality/gate.json and tables/gate_checks.csv. '
+                 f"The same verdict as an exit status (1 on a failure): <code>loadtest gate {escape(str(gate.get('run', 'RUN')))} "
+                 f"--policy {escape(str(gate.get('policy', 'POLICY')))}</code>.</p>")
+    return "\n".join(parts)
+
+
+def generative_section_html(table: pd.DataFrame, summary: dict, comparison: pd.DataFrame | None, per: pd.DataFrame | None,
+                            gate: dict | None = None) -> str:
     findings = derive_generative_findings(table, comparison, summary)
     models = summary.get("models", {})
     generation = summary.get("generation", {})
@@ -108,12 +159,15 @@ def generative_section_html(table: pd.DataFrame, summary: dict, comparison: pd.D
             if judge.get("validated") else "UNVALIDATED (no --judge-labels): judged figures say what the judge thinks, not whether it is right"
         )
         parts.append(f"<p>Judge: {escape(str(judge.get('model')))}, {judge.get('verdicts')} verdicts, {judge.get('no_verdict')} without one; {escape(status)}.</p>")
-    parts += ["<h3>Findings</h3>", _findings_html(findings), "<h3>Overall</h3>", _overall(table, judge)]
+    parts += ["<h3>Findings</h3>", _findings_html(findings), _gate(gate), "<h3>Overall</h3>", _overall(table, judge)]
     names = [s["name"] for s in summary.get("slices", [])]
     bars = slice_bars_svg(table, "chrf", names)
     if bars:
         parts.append(f'<h3>chrF against the references, per slice</h3><div class="plot">{bars}</div>')
-    parts += ["<h3>Per slice</h3>", _slices(table, summary)]
+    drops = slice_drop_svg(table, "chrf_drop", names, _relative_margin(gate))
+    if drops:
+        parts.append(f'<h3>What the student loses, per slice, against what it loses overall</h3><div class="plot">{drops}</div>')
+    parts += ["<h3>Per slice</h3>", _slices(table, summary, gate)]
     parts.append(fairness_html(table, summary.get("fairness")))
     parts.append(baseline_html(summary.get("baseline")))
     samples = _samples(per)

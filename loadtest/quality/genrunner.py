@@ -205,7 +205,7 @@ def run_generative_eval(settings: GenEvalSettings, console=None) -> QualityResul
         if settings.judge is not None:
             task = progress.add_task("judge", total=len(prompts))
             t0 = time.perf_counter()
-            verdicts, judge_info = _judge_all(settings, client, names, prompts, outputs, gen, lambda k: progress.advance(task, k))
+            verdicts, judge_info, judge_replies = _judge_all(settings, client, names, prompts, outputs, gen, lambda k: progress.advance(task, k))
             timing["judge_s"] = time.perf_counter() - t0
     counter = conventions.get("teacher")
     for role in ("teacher", "student"):
@@ -227,6 +227,7 @@ def run_generative_eval(settings: GenEvalSettings, console=None) -> QualityResul
     finished = time.time()
     summary = result.summary
     if settings.judge is not None:
+        result.per_example["judge_reply"] = judge_replies  # the judge's own words: a "no verdict" explains itself
         summary["judge"] = judge_info
         if labels is not None:
             summary["judge"].update(_judge_agreement(result.per_example, labels))
@@ -279,7 +280,7 @@ def _teacher_forced_all(client, names, prompts, references, conventions, setting
             (lt, top_t), (ls, top_s) = got["teacher"], got["student"]
             if len(lt) != len(ls):
                 return None, "teacher and student tokenize the reference differently: token-level figures are not comparable"
-            agree = sum(a is not None and a == b for a, b in zip(top_t, top_s)) if all(top_t) and all(top_s) else float("nan")
+            agree = sum(a is not None and a == b for a, b in zip(top_t, top_s)) if all(t is not None for t in top_t + top_s) else float("nan")
             finite = {"teacher": bool(np.isfinite(lt).all()), "student": bool(np.isfinite(ls).all())}
             results.append(TeacherForced(len(lt), -float(np.sum(lt)), -float(np.sum(ls)), agree, float("nan"), {r: not ok for r, ok in finite.items()}))
             tick()
@@ -322,7 +323,7 @@ def _judge_all(settings, client, names, prompts, outputs, gen, tick):
         "validated": False,
         "label": "unvalidated",
     }
-    return verdicts, info
+    return verdicts, info, [a.text if a.error is None else f"error: {a.error}" for a in answers]
 
 
 def _judge_agreement(per: pd.DataFrame, labels: dict[str, bool]) -> dict:

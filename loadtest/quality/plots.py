@@ -74,7 +74,8 @@ def slice_bars_svg(table: pd.DataFrame, metric: str = "accuracy", slice_names: l
         labels.append(f"{'overall' if key[0] == OVERALL else f'{key[0]}={key[1]}'}  (n={n}){flag}")
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1.05)
+    top = pd.to_numeric(rows["ci_high"], errors="coerce").clip(upper=1e9).max()
+    ax.set_xlim(0, 1.05 if not (top > 1.0) else 105.0 if top <= 100.0 else 1.05 * top)  # rates 0–1; chrF 0–100
     ax.set_xlabel(f"{metric.replace('_', ' ')} (95 % interval; hatched: below the minimum n)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -116,4 +117,52 @@ def reliability_svg(reliability: dict, temperatures: dict | None = None) -> str 
     ax.set_title("Reliability diagram (15 equal-width bins; marker area ~ count)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+    return _svg(figure)
+
+
+def slice_drop_svg(table: pd.DataFrame, metric: str = "chrf_drop", slice_names: list[str] | None = None,
+                   margin: float | None = None) -> str | None:
+    """The student's paired drop per slice value (teacher − student), with 95 % intervals, against the overall drop.
+
+    A solid line marks the overall drop and, with ``margin`` (the gate's allowance), a dashed one the most a
+    slice may lose: the slices that lose more than the whole set stand out instead of hiding in the mean.
+    """
+    rows = table[(table["metric"] == metric) & (table["model"] == "student")]
+    overall = rows[rows["slice"] == OVERALL]
+    rows = rows[rows["slice"] != OVERALL]
+    if rows.empty or overall.empty or not math.isfinite(float(overall.iloc[0]["value"])):
+        return None
+    base = float(overall.iloc[0]["value"])
+    order = [s for s in (slice_names or list(dict.fromkeys(rows["slice"]))) if s != OVERALL]
+    keyed = rows.set_index(["slice", "slice_value"])
+    keys = [(name, value) for name in order for value in dict.fromkeys(rows.loc[rows["slice"] == name, "slice_value"])]
+    figure = Figure(figsize=(7.5, max(2.5, 0.3 * len(keys) + 1.2)))
+    ax = figure.subplots()
+    y = np.arange(len(keys))
+    values, lows, highs, colors, labels = [], [], [], [], []
+    for key in keys:
+        r = keyed.loc[key]
+        v = float(r["value"]) if math.isfinite(float(r["value"])) else 0.0
+        low, high = float(r["ci_low"]), float(r["ci_high"])
+        values.append(v)
+        lows.append(v - low if math.isfinite(low) else 0.0)
+        highs.append(high - v if math.isfinite(high) else 0.0)
+        beyond = margin is not None and v > base + margin
+        colors.append("#c0392b" if beyond else STUDENT_COLOR)
+        labels.append(f"{key[0]}={key[1]}  (n={int(r['n'])})" + (" ⚠ unstable" if bool(r["unstable"]) else ""))
+    bars = ax.barh(y, values, height=0.6, color=colors, xerr=[lows, highs], error_kw={"elinewidth": 0.8, "capsize": 2})
+    for patch, key in zip(bars, keys):
+        if bool(keyed.loc[key, "unstable"]):
+            patch.set_hatch("///")
+            patch.set_alpha(0.45)
+    ax.axvline(base, color="0.2", linewidth=1.2, label=f"overall drop {base:.1f}")
+    if margin is not None:
+        ax.axvline(base + margin, color="#c0392b", linewidth=1.0, linestyle="--", label=f"gate: overall + {margin:g}")
+    ax.axvline(0, color="0.6", linewidth=0.6)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric.replace('_', ' ')}: teacher − student, paired (95 % interval; hatched: below the minimum n)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{metric.replace('_', ' ')} per slice against the overall drop", fontsize=10)
     return _svg(figure)

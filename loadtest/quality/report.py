@@ -100,7 +100,9 @@ def quality_section_html(run_dir: Path | str) -> str | None:
     if summary.get("task") == "text-generation":
         from loadtest.quality.genreport import generative_section_html
 
-        return generative_section_html(table, summary, comparison, store.read_per_example(run_dir))
+        from loadtest.quality.releasegate import read_release_gate
+
+        return generative_section_html(table, summary, comparison, store.read_per_example(run_dir), read_release_gate(run_dir))
     findings = derive_findings(table, comparison, fairness=summary.get("fairness"))
     models = summary.get("models", {})
     dataset = summary.get("dataset", {})

@@ -27,6 +27,9 @@ _STYLE = """
 .lt-quality .finding.info{border-color:#2980b9;background:#eaf2f8}
 .lt-quality .plot svg{max-width:100%;height:auto}
 .lt-quality .note{color:#555;font-size:12px}
+.lt-quality td.fail{color:#c0392b;font-weight:bold}
+.lt-quality td.warn{color:#b9770e}
+.lt-quality td.pass{color:#1e8449}
 </style>
 """
 

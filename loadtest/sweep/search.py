@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from loadtest.analysis.capacity import UNSTABLE, StepResult, StepRules
+from loadtest.analysis.capacity import BELOW_OFFERED, UNSTABLE, StepResult, StepRules
 
 
 class SweepSettings(BaseModel):
@@ -82,7 +82,7 @@ def _only_stability(step: StepResult, budget_ms: float) -> bool:
 def _worth_measuring_again(step: StepResult, settings: SweepSettings) -> bool:
     """An unstable step within budget always; with ``confirm_failures``, any failure that kept up with its load.
 
-    A step the server could not keep up with (answered below ``SATURATED`` of the offered rate) is beyond
+    A step the server could not keep up with (see ``_fell_behind``) is beyond
     capacity whatever the host did meanwhile: measuring it again only costs time. A step that kept up but
     broke the budget may have met a stall of the host (on the shared 2-core machine one 1-2 s stall made an
     8 s step at 116 req/s fail with P95 2.3 s between two passing steps at 98 and 107 req/s and one at 160 that
@@ -90,8 +90,14 @@ def _worth_measuring_again(step: StepResult, settings: SweepSettings) -> bool:
     """
     if _only_stability(step, settings.budget_ms):
         return True
-    kept_up = not (settings.mode == "open" and step.load > 0 and step.achieved_qps < SATURATED * step.load)
-    return settings.confirm_failures and kept_up
+    return settings.confirm_failures and not _fell_behind(step, settings)
+
+
+def _fell_behind(step: StepResult, settings: SweepSettings) -> bool:
+    """Open loop: the server did not keep up with the step (the analyzer's below-offered rule, or well under)."""
+    if settings.mode != "open" or step.load <= 0:
+        return False
+    return any(r.code == BELOW_OFFERED for r in step.reasons) or step.achieved_qps < SATURATED * step.load
 
 
 def search(
@@ -180,7 +186,7 @@ def _retry_load(failed: StepResult, failing_load: float, settings: SweepSettings
     nothing; 95 % of the delivered rate lands next to the knee, where the bisection needs its steps.
     """
     retry = failing_load * settings.retry_lower
-    if settings.mode == "open" and failed.load == failing_load and 0 < failed.achieved_qps < SATURATED * failing_load:
+    if failed.load == failing_load and failed.achieved_qps > 0 and _fell_behind(failed, settings):
         retry = min(retry, failed.achieved_qps * settings.retry_lower)
     return retry
 
