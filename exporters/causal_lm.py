@@ -125,7 +125,7 @@ def export_causal_pair(
     max_inflight: int = 16,
     instance_count: int = 1,
     instance_kind: str = "cpu",
-    intra_op_threads: int = 0,
+    intra_op_threads: int = 1,
     atol: float = 1e-4,
     prompts: Sequence[str] | None = None,
     max_new_tokens: int = 24,

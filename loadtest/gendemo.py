@@ -26,18 +26,19 @@ class GenDemoOptions:
     ttft_ms: float = 250.0
     itl_ms: float = 25.0
     output_tokens: int = 32
-    sweep_start: float = 2.0
+    sweep_start: float = 16.0  # the teacher's first rate; the student starts at the teacher's capacity (chain_start)
     step_seconds: float = 8.0
     warmup_seconds: float = 2.0
-    max_steps: int = 8
-    min_requests: int = 20
+    max_steps: int = 9
+    max_rate: float = 400.0  # the quick student sustains ~190 req/s: the sweep's default 200 cap would cut it off
+    min_requests: int = 40
     quality: bool = True
     eval_limit: int | None = None  # evaluate on the first N frozen prompts (None: all)
 
     @classmethod
     def quick_preset(cls, **overrides) -> GenDemoOptions:
-        base = dict(quick=True, output_tokens=16, step_seconds=5.0, warmup_seconds=1.0, max_steps=5, min_requests=20,
-                    sweep_start=4.0, eval_limit=60)
+        base = dict(quick=True, output_tokens=16, step_seconds=5.0, warmup_seconds=1.0, max_steps=5, min_requests=40,
+                    sweep_start=20.0, eval_limit=60)
         return cls(**{**base, **overrides})
 
 
@@ -86,7 +87,8 @@ def run_generative_demo(options: GenDemoOptions, console=None) -> Path:
     slo = SLO(ttft_ms=options.ttft_ms, itl_ms=options.itl_ms)
     settings = GenerativeSweepSettings(slo=slo, start=options.sweep_start, warmup_s=options.warmup_seconds,
                                        duration_s=options.step_seconds, max_steps=options.max_steps,
-                                       min_requests=options.min_requests)
+                                       min_requests=options.min_requests, max_rate=options.max_rate,
+                                       chain_start=True)
     log_dir = options.results / ".triton-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with console.status("starting the embedded Triton ..."):
@@ -98,7 +100,8 @@ def run_generative_demo(options: GenDemoOptions, console=None) -> Path:
                      "--dataset", str(pair.eval_path), "--text-column", "prompt",
                      "--output-lengths", f"fixed:{options.output_tokens}", "--ignore-eos")
         console.print(f"sweeping teacher then student, each alone, for {slo.describe()} at P95: open-loop steps "
-                      f"from {settings.start:g} req/s, ×{settings.growth:g} then bisection to ±{settings.tolerance:.0%}")
+                      f"from {settings.start:g} req/s (the student from the teacher's capacity), ×{settings.growth:g} "
+                      f"then bisection to ±{settings.tolerance:.0%}, at most {settings.max_steps} steps each")
         outcome = run_generative_sweep(
             GenerativeTarget(server.http_url, load_args), settings, ["teacher", "student"],
             {"teacher": "teacher", "student": "student"},

@@ -100,3 +100,27 @@ def test_a_classifier_run_is_refused(tmp_path):
     writer.close()
     with pytest.raises(LoadtestError, match="no generative records"):
         generative.compute(tmp_path)
+
+
+def test_a_sweep_compares_each_model_at_its_best_passing_step(tmp_path):
+    """The student is pushed to a rate that overloads it; the comparison must not mix that step in."""
+    records = []
+    for model, passing, failing in (("teacher", "t-01-10rps", "t-02-20rps"), ("student", "s-01-20rps", "s-02-40rps")):
+        for i in range(100):
+            records.append(_record(100.0 + i * 0.1, 0.02, 0.3, 16, 16, model=model, stage=passing))
+            records.append(_record(200.0 + i * 0.05, 2.0, 2.3, 16, 16, model=model, stage=failing))
+    writer = RecordWriter(tmp_path, worker="w")
+    for r in records:
+        writer.append(r)
+    writer.close()
+    results = {m: {"best_stage": best, "rate_low": low, "rate_high": 2 * low}
+               for m, best, low in (("teacher", "t-01-10rps", 10.0), ("student", "s-01-20rps", 20.0))}
+    RunDir(tmp_path).write_manifest({"run_id": "t", "workload": "generative", "kind": "sweep",
+                                     "models": {"teacher": "teacher", "student": "student"},
+                                     "sweep": {"results": results}})  # fmt: skip
+    a = generative.compute(tmp_path, SLO(ttft_ms=250, itl_ms=25), resamples=100)
+    assert a.compares_references and a.reference["student"].stage == "s-01-20rps"
+    comp = generative.comparison_frame(a).set_index("metric")
+    assert comp.loc["ttft_p95_ms", "student"] == pytest.approx(20.0)  # not the overloaded step's 2 s
+    assert comp.loc["requests", "student"] == 100
+    assert all(s["n_student"] == 100 for s in a.significance)

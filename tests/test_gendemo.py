@@ -37,3 +37,34 @@ def test_quick_generative_demo_end_to_end(gen_pair, tmp_path):
     assert summary["task"] == "text-generation"
     export = json.loads((tmp_path / "repo" / "export_manifest.json").read_text())
     assert all(m["parity"]["passed"] for m in export["models"].values())
+
+
+def test_search_starts_where_it_is_told_and_brackets_from_there():
+    """A chained start (the student at the teacher's capacity) climbs and bisects from that rate; a start above
+    capacity halves down to a passing rate first."""
+    from loadtest.analysis.generative_sweep import GenerativeSweepSettings, Step, search
+
+    settings = GenerativeSweepSettings(slo=SLO(ttft_ms=250, itl_ms=25), start=2.0, max_steps=10)
+
+    def measure(rate):
+        return Step("m", f"m-{rate:g}", rate, None, rate <= 50.0, [] if rate <= 50.0 else ["P95 TTFT"])
+
+    chained = search(measure, settings, "m", start=20.0)
+    assert [s.rate for s in chained.steps][:3] == [20.0, 40.0, 80.0]
+    assert chained.best.rate <= 50.0 < chained.failing_rate and chained.resolution <= settings.tolerance
+    high = search(measure, settings, "m", start=120.0)
+    assert [s.rate for s in high.steps][:3] == [120.0, 60.0, 30.0] and high.best.rate <= 50.0 < high.failing_rate
+
+
+def test_an_overloaded_failure_is_retried_under_the_rate_it_delivered():
+    from loadtest.analysis.generative_sweep import GenerativeSweepSettings, Step, search
+
+    settings = GenerativeSweepSettings(slo=SLO(ttft_ms=250, itl_ms=25), start=10.0, max_steps=10)
+
+    def measure(rate):
+        delivered = SimpleNamespace(requests_per_s=min(rate, 45.0))
+        return Step("m", f"m-{rate:g}", rate, delivered, rate <= 42.0, [] if rate <= 42.0 else ["P95 TTFT"])
+
+    result = search(measure, settings, "m")
+    assert [s.rate for s in result.steps][:4] == [10.0, 20.0, 40.0, 80.0]
+    assert result.steps[4].rate == 42.8  # 95 % of the 45 req/s it delivered, not of the 80 offered

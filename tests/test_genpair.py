@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -80,6 +81,27 @@ def test_distillation_loss_is_cross_entropy_plus_kl_on_answer_tokens_only():
     garbage = logits.clone()
     garbage[:, :2] += 100.0  # positions without targets do not count
     assert torch.isclose(token_distillation_loss(logits, garbage, targets, 2.0, 0.5), same, atol=1e-6)
+
+
+def test_cached_teacher_logits_give_the_loss_of_the_teacher_run_alongside():
+    """The teacher's answer logits computed once give the same distillation loss as running it per batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loadtest.genpair.train import Encoded, TeacherAnswerLogits, collate
+
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)).eval()
+    data = Encoded(ids=[[1, 5, 6, 7, 8, 2], [1, 9, 10, 11, 12, 13, 14, 2], [1, 3, 4, 2]], answer_start=[3, 5, 2])
+    idx = np.array([2, 0, 1])
+    batch, targets = collate(data, idx, 0)
+    with torch.no_grad():
+        full = teacher(**batch).logits
+    student_logits = torch.randn_like(full)
+    cached = TeacherAnswerLogits(teacher, data, batch_size=2).batch(idx)
+    assert cached.shape == (int((targets != IGNORE).sum()), 40)
+    alongside = token_distillation_loss(student_logits, full, targets, 2.0, 0.5)
+    assert torch.isclose(token_distillation_loss(student_logits, cached, targets, 2.0, 0.5), alongside, atol=1e-3)
 
 
 def test_settings_are_checked_with_one_line_errors():

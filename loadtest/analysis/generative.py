@@ -198,6 +198,19 @@ class GenerativeAnalysis:
     def role(self, model: str) -> str:
         return "teacher" if model == self.teacher else "student" if model == self.student else "other"
 
+    @property
+    def compares_references(self) -> bool:
+        """A sweep compares each model at its best passing step: its whole run mixes in the steps that failed
+        (a faster model is pushed to higher rates, so its whole-run latencies would look worse)."""
+        swept = (self.manifest.get("sweep") or {}).get("results") or {}
+        return bool(self.teacher and self.student and self.teacher in swept and self.student in swept
+                    and self.reference.get(self.teacher) is not None and self.reference.get(self.student) is not None
+                    and ALL not in (self.reference[self.teacher].stage, self.reference[self.student].stage))
+
+    def compared(self, model: str) -> WindowFigures:
+        """The figures the teacher/student comparison uses for ``model``."""
+        return self.reference[model] if self.compares_references else self.overall[model]
+
 
 def load_generative_records(run_dir: Path) -> tuple[dict, pd.DataFrame]:
     from loadtest.rundir import read_manifest, read_records
@@ -257,7 +270,13 @@ def compute(run_dir: Path, slo: SLO | None = None, *, cost_file: Path | None = N
         analysis.reference[model] = reference_window(analysis, model)
     analysis.costs = {m: costing(analysis, m, cost_file, instance) for m in models}
     if analysis.teacher and analysis.student:
-        analysis.significance = significance(frame, analysis.teacher, analysis.student, resamples)
+        compared = frame
+        if analysis.compares_references:  # a sweep: each model at its capacity, not its overload steps mixed in
+            compared = frame[((frame["model"] == analysis.teacher)
+                              & (frame["stage"] == analysis.reference[analysis.teacher].stage))
+                             | ((frame["model"] == analysis.student)
+                                & (frame["stage"] == analysis.reference[analysis.student].stage))]  # fmt: skip
+        analysis.significance = significance(compared, analysis.teacher, analysis.student, resamples)
     return analysis
 
 
@@ -355,11 +374,12 @@ UNITS = {"requests": "count", "error_rate": "ratio", "requests_per_s": "req/s", 
 
 
 def comparison_frame(a: GenerativeAnalysis) -> pd.DataFrame:
-    """Teacher vs student per figure (docs/architecture.md's comparison.csv columns)."""
+    """Teacher vs student per figure (docs/architecture.md's comparison.csv columns): whole runs, or for a sweep
+    each model's best passing step (``GenerativeAnalysis.compares_references``)."""
     if not (a.teacher and a.student):
         return pd.DataFrame(columns=["metric", "unit", "teacher", "student", "student_over_teacher", "saving_pct"])
-    t = figures_of(a.overall[a.teacher], a.costs.get(a.teacher))
-    s = figures_of(a.overall[a.student], a.costs.get(a.student))
+    t = figures_of(a.compared(a.teacher), a.costs.get(a.teacher))
+    s = figures_of(a.compared(a.student), a.costs.get(a.student))
     rows = []
     for metric in t:
         tv, sv = t[metric], s.get(metric, math.nan)

@@ -160,7 +160,10 @@ def verdict(a: GenerativeAnalysis) -> str:
             parts.append(f"{name} {r:.2f}× the teacher's")
     sig = [s for s in a.significance if s["percentile"] == 95.0]
     tested = "; ".join(f"P95 {s['metric'].upper()}: {s['verdict']}" for s in sig)
-    return f"Student {a.student} vs teacher {a.teacher}: " + ", ".join(parts) + (f". {tested}." if tested else ".")
+    basis = (f" (each at its best passing step: {a.reference[a.teacher].stage} and {a.reference[a.student].stage})"
+             if a.compares_references else "")
+    return (f"Student {a.student} vs teacher {a.teacher}{basis}: " + ", ".join(parts)
+            + (f". {tested}." if tested else "."))
 
 
 def render_html(a: GenerativeAnalysis) -> str:

@@ -5,7 +5,7 @@ a warm-up stage (its rows are labelled ``warmup`` in the sweep directory and nev
 measured stage. A step passes when it had enough successful requests, an error rate under the limit,
 achieved at least 90 % of the offered rate, and its P95 TTFT and P95 ITL (and P95 E2E when the SLO has
 one) are within the SLO. The search is the classifier sweep's: grow the rate geometrically until a step
-fails, retry that failure once slightly lower, then bisect until the interval is within ±tolerance of its
+fails, retry that failure once slightly lower (under the rate it delivered, when it could not keep up), then bisect until the interval is within ±tolerance of its
 midpoint; the answer is the interval, with the last passing step's figures. The sweep directory is an
 ordinary generative run directory, so ``loadtest analyze --slo`` reproduces every figure from the records.
 """
@@ -43,6 +43,9 @@ class GenerativeSweepSettings:
     min_requests: int = 20
     max_error_rate: float = 0.01
     arrival: str = "constant"
+    # Start each model after the first at the previous model's highest passing rate: a student is expected near
+    # or above its teacher, so its search spends its steps bracketing instead of climbing from a low start.
+    chain_start: bool = False
 
     def validate(self) -> None:
         checks = [
@@ -115,7 +118,8 @@ def judge(frame: pd.DataFrame, model: str, label: str, rate: float, settings: Ge
 
 
 def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, model: str,
-           on_step: Callable[[Step, GenerativeSearch], None] | None = None) -> GenerativeSearch:  # fmt: skip
+           on_step: Callable[[Step, GenerativeSearch], None] | None = None,
+           start: float | None = None) -> GenerativeSearch:  # fmt: skip
     """Grow, retry the first failure once lower, bisect to ±tolerance (MLPerf server-scenario style)."""
     result = GenerativeSearch(model)
 
@@ -140,7 +144,7 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
         return float(f"{x:.3g}")
 
     try:
-        rate = rounded(settings.start)
+        rate = rounded(start or settings.start)
         while run(rate):
             if rate >= settings.max_rate:
                 result.stopped = f"reached --max-load {settings.max_rate:g} req/s within the SLO"
@@ -153,7 +157,11 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
                 return result
             rate = lower
             run(rate)
-        retry = rounded(result.failing_rate * settings.retry_lower)
+        basis = result.failing_rate
+        failed = next((s for s in result.steps if s.rate == result.failing_rate), None)
+        if failed is not None and failed.figures is not None and 0 < failed.figures.requests_per_s < MIN_ACHIEVED * failed.rate:
+            basis = failed.figures.requests_per_s  # overloaded: retry just under what it delivered, not what it was offered
+        retry = rounded(basis * settings.retry_lower)
         if not done() and result.best.rate < retry < result.failing_rate:
             run(retry)
         while not done():
@@ -246,12 +254,18 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
         "models": {"teacher": roles.get("teacher"), "student": roles.get("student"), "names": models},
         "sweep": {"slo": settings.slo.__dict__, "start": settings.start, "growth": settings.growth,
                   "tolerance": settings.tolerance, "max_steps": settings.max_steps, "warmup_s": settings.warmup_s,
-                  "duration_s": settings.duration_s, "min_requests": settings.min_requests, "results": {}},
+                  "duration_s": settings.duration_s, "min_requests": settings.min_requests,
+                  "chain_start": settings.chain_start, "results": {}},
         "start": time.time(), "end": None, "stages": [],
     })  # fmt: skip
     results: dict[str, GenerativeSearch] = {}
+    previous: GenerativeSearch | None = None
     for model in models:
         counter = {"i": 0}
+        start = settings.start
+        if settings.chain_start and previous is not None and previous.best is not None:
+            start = max(settings.start, previous.best.rate)
+            console.print(f"{model}: starting at {start:g} req/s, {previous.model}'s highest passing rate")
 
         def measure(rate: float, model: str = model) -> Step:
             counter["i"] += 1
@@ -268,11 +282,12 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
             rundir.write_manifest(manifest)
             return judge(frame, model, label, rate, settings)
 
-        result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r))
+        result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r), start=start)
         results[model] = result
+        previous = result
         manifest = rundir.read_manifest()
         manifest["sweep"]["results"][model] = {
-            "rate_low": result.best.rate if result.best else None, "rate_high": result.failing_rate,
+            "start": start, "rate_low": result.best.rate if result.best else None, "rate_high": result.failing_rate,
             "best_stage": result.best.label if result.best else None,
             "resolution_pct": result.resolution * 100 if result.resolution is not None else None,
             "requests_per_s": result.best.figures.requests_per_s if result.best else None,

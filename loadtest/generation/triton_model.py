@@ -11,13 +11,17 @@ ignore_eos, max_tokens, min_tokens); outputs ``text_output`` BYTES [1], ``num_ou
 response per piece of new text as the engine makes it; the last response carries the final flag. Errors
 come back as a response carrying a TritonError.
 
-``execute`` only parses and queues: the engine's own thread sends every response, so requests arriving
-while others generate join the running batch at the next decode step instead of waiting for them to end.
+``execute`` only parses and queues: the engine's thread makes every token, so requests arriving while others
+generate join the running batch at the next decode step instead of waiting for them to end; a sender thread
+(config parameter ``response_thread``, on unless "0") builds and sends the responses, in order, while the
+engine goes on to the next step.
 """
 
 import json
 import os
+import queue
 import sys
+import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -38,39 +42,78 @@ def _scalar(request, name):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+def _response(text, tokens, input_tokens):
+    outputs = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
+               pb_utils.Tensor("num_output_tokens", np.array([tokens], dtype=np.int32))]
+    if input_tokens is not None:
+        outputs.append(pb_utils.Tensor("num_input_tokens", np.array([input_tokens], dtype=np.int32)))
+    return pb_utils.InferenceResponse(output_tensors=outputs)
+
+
+def _send(sender, text, tokens, input_tokens, final, error):
+    flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+    if error is not None:
+        response = pb_utils.InferenceResponse(error=pb_utils.TritonError(error))
+    else:
+        response = _response(text, tokens, input_tokens)
+    try:
+        sender.send(response, flags=flags)
+    except Exception:  # a client gone away must not stop the others
+        pass
+
+
+class _Outbox:
+    """Builds and sends responses on a thread of its own, in the order the engine made them.
+
+    Each response is a round trip to the Triton server process; on the engine's thread those round trips
+    add up with every token of every running request and lengthen every decode step. Here they overlap
+    with the next step's ONNX Runtime call (which releases the GIL).
+    """
+
+    def __init__(self):
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="response-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, *job):
+        self._queue.put(job)
+
+    def _run(self):
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            _send(*job)
+
+    def stop(self):
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
 class _Responder:
     """Turns engine chunks into Triton responses on one request's response sender."""
 
-    def __init__(self, sender, stream):
+    def __init__(self, sender, stream, outbox=None):
         self.sender = sender
         self.stream = stream
+        self.send = outbox.put if outbox is not None else _send
         self.text = []
         self.tokens = 0
         self.input_tokens = None
 
     def __call__(self, chunk: Chunk) -> None:
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if chunk.error:
-            self.sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(chunk.error)), flags=final)
+            self.send(self.sender, "", 0, None, True, chunk.error)
             return
         if chunk.input_tokens is not None:
             self.input_tokens = chunk.input_tokens
         if self.stream:
-            response = self._response(chunk.text, chunk.tokens, chunk.input_tokens)
-            self.sender.send(response, flags=final if chunk.final else 0)
+            self.send(self.sender, chunk.text, chunk.tokens, chunk.input_tokens, chunk.final, None)
             return
         self.text.append(chunk.text)
         self.tokens += chunk.tokens
         if chunk.final:
-            self.sender.send(self._response("".join(self.text), self.tokens, self.input_tokens), flags=final)
-
-    @staticmethod
-    def _response(text, tokens, input_tokens):
-        outputs = [pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
-                   pb_utils.Tensor("num_output_tokens", np.array([tokens], dtype=np.int32))]
-        if input_tokens is not None:
-            outputs.append(pb_utils.Tensor("num_input_tokens", np.array([input_tokens], dtype=np.int32)))
-        return pb_utils.InferenceResponse(output_tensors=outputs)
+            self.send(self.sender, "".join(self.text), self.tokens, self.input_tokens, True, None)
 
 
 class TritonPythonModel:
@@ -88,6 +131,8 @@ class TritonPythonModel:
             intra_op_threads=int(parameters.get("intra_op_threads", "0") or 0),
             providers=providers,
         )
+        threaded = parameters.get("response_thread", "1").strip().lower() not in ("0", "false", "no", "")
+        self.outbox = _Outbox() if threaded else None
 
     def execute(self, requests):
         for request in requests:
@@ -106,7 +151,7 @@ class TritonPythonModel:
                 if sampling is not None and not isinstance(sampling, dict):
                     raise GenerationError("sampling_parameters must be a JSON object")
                 params = SamplingParams.parse(sampling, None if max_tokens is None else int(max_tokens))
-                self.engine.submit(str(prompt), params, _Responder(sender, bool(stream)))
+                self.engine.submit(str(prompt), params, _Responder(sender, bool(stream), self.outbox))
             except GenerationError as exc:
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -114,3 +159,5 @@ class TritonPythonModel:
 
     def finalize(self):
         self.engine.stop()
+        if self.outbox is not None:
+            self.outbox.stop()

@@ -4,8 +4,11 @@ from it token by token.
 Both models see ``<s> prompt answer </s>`` and learn only the answer (prompt and padding positions carry no
 loss). The student's loss at every answer position is
 ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, reference)``
-(Hinton et al. 2015 applied per token, as in MiniLLM's and DistilGPT-2's word-level distillation); the teacher
-runs alongside in eval mode, since storing its logits for every answer token would take hundreds of MB.
+(Hinton et al. 2015 applied per token, as in MiniLLM's and DistilGPT-2's word-level distillation). The teacher's
+logits at the answer positions are computed once, in eval mode, and kept in memory (float16, ~100 MB for the
+default corpus) rather than recomputed every epoch: distillation then costs about the student's own training,
+which is what lets the teacher be several times the student's size within the build budget. A corpus whose
+logits would not fit the cap runs the teacher alongside instead, as the same loss.
 Batches group examples of similar length (the classifier pair's ``length_batches``) so padding stays small.
 """
 
@@ -129,16 +132,48 @@ def collate(data: Encoded, idx: np.ndarray, pad_id: int) -> tuple[dict[str, torc
 
 def token_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                             targets: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
-    """Cross-entropy on answer tokens, mixed with the per-token KL to the teacher when one is given."""
+    """Cross-entropy on answer tokens, mixed with the per-token KL to the teacher when one is given.
+
+    ``teacher_logits`` is either the teacher's whole output ([batch, length, vocab]) or already its answer
+    positions in the batch's row-major order ([answer tokens, vocab], as ``TeacherAnswerLogits`` gives).
+    """
     mask = targets != IGNORE
     s = student_logits[mask]
     hard = F.cross_entropy(s, targets[mask])
     if teacher_logits is None:
         return hard
     t = temperature
-    soft = F.kl_div(F.log_softmax(s / t, dim=-1), F.log_softmax(teacher_logits[mask] / t, dim=-1),
+    answers = teacher_logits if teacher_logits.dim() == 2 else teacher_logits[mask]
+    soft = F.kl_div(F.log_softmax(s / t, dim=-1), F.log_softmax(answers.float() / t, dim=-1),
                     reduction="batchmean", log_target=True)
     return alpha * t * t * soft + (1.0 - alpha) * hard
+
+
+CACHE_LIMIT_BYTES = 1 << 30
+
+
+class TeacherAnswerLogits:
+    """The teacher's logits at every example's answer positions, computed once (float16)."""
+
+    def __init__(self, teacher: LlamaForCausalLM, data: Encoded, batch_size: int = 64):
+        pad_id = teacher.config.pad_token_id or 0
+        self.per_example: list[torch.Tensor | None] = [None] * len(data.ids)
+        teacher.eval()
+        with torch.inference_mode():
+            for idx in length_batches(data.lengths, batch_size, None):
+                batch, _ = collate(data, idx, pad_id)
+                logits = teacher(**batch).logits
+                for row, i in enumerate(idx):
+                    start, end = data.answer_start[i] - 1, len(data.ids[i]) - 1
+                    self.per_example[i] = logits[row, start:end].to(torch.float16).clone()
+
+    @staticmethod
+    def fits(data: Encoded, vocab_size: int) -> bool:
+        answer_tokens = sum(len(ids) - start for ids, start in zip(data.ids, data.answer_start))
+        return answer_tokens * vocab_size * 2 <= CACHE_LIMIT_BYTES
+
+    def batch(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.cat([self.per_example[i] for i in idx])
 
 
 def fit(model: LlamaForCausalLM, data: Encoded, *, epochs: int, lr: float, batch_size: int, seed: int,
@@ -146,6 +181,7 @@ def fit(model: LlamaForCausalLM, data: Encoded, *, epochs: int, lr: float, batch
         warmup_ratio: float = 0.05, weight_decay: float = 0.01, progress: StepProgress | None = None,
         name: str = "model") -> TrainResult:
     """AdamW with warm-up and linear decay; cross-entropy alone, or token-level distillation from ``teacher``."""
+    start = time.perf_counter()
     rng = np.random.default_rng(seed)
     lengths = data.lengths
     total = math.ceil(len(lengths) / batch_size) * epochs
@@ -155,17 +191,24 @@ def fit(model: LlamaForCausalLM, data: Encoded, *, epochs: int, lr: float, batch
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, int(warmup_ratio * total)), total)
     pad_id = model.config.pad_token_id or 0
+    cached = None
     if teacher is not None:
         teacher.eval()
+        if TeacherAnswerLogits.fits(data, teacher.config.vocab_size):
+            if progress is not None:
+                progress(f"{name}: the teacher's answer logits, once", 0.0)
+            cached = TeacherAnswerLogits(teacher, data)
     torch.manual_seed(seed)
     model.train()
-    start, step, running = time.perf_counter(), 0, float("nan")
+    step, running = 0, float("nan")
     for epoch in range(epochs):
         for idx in length_batches(lengths, batch_size, rng):
             batch, targets = collate(data, idx, pad_id)
             logits = model(**batch).logits
             teacher_logits = None
-            if teacher is not None:
+            if cached is not None:
+                teacher_logits = cached.batch(idx)
+            elif teacher is not None:
                 with torch.no_grad():
                     teacher_logits = teacher(**batch).logits
             loss = token_distillation_loss(logits, teacher_logits, targets, temperature, alpha)

@@ -187,12 +187,22 @@ def load_dataset(path: Path | str, labels: list[str], tensor_columns: tuple[str,
             raise LoadtestError(f"evaluation dataset {path}: 'input_ids' must be non-empty lists of integers (ids {_shown(out['id'][bad])})")
         out["input_ids"] = ids_col.map(lambda v: [int(t) for t in v]).to_numpy(dtype=object)
 
+    tensor_names = set(tensor_columns) if as_tensors else set()
+    slice_columns, ignored = take_slice_columns(frame, out, RESERVED_COLUMNS | tensor_names)
+    return EvalDataset(path=path, frame=out, slice_columns=slice_columns, ignored_columns=ignored)
+
+
+def take_slice_columns(frame: pd.DataFrame, out: pd.DataFrame, reserved: set[str]) -> tuple[list[str], dict[str, str]]:
+    """Copy every bool or string column of ``frame`` not in ``reserved`` into ``out`` as a slice column.
+
+    Returns the slice columns and, per column left out, why. Shared by the classifier and the generative
+    sets so both slice by the same rule (bool/string only, at most ``MAX_SLICE_VALUES`` distinct values).
+    """
     slice_columns: list[str] = []
     ignored: dict[str, str] = {}
-    tensor_names = set(tensor_columns) if as_tensors else set()
     for column in frame.columns:
         name = str(column)
-        if name in RESERVED_COLUMNS or name in tensor_names:
+        if name in reserved:
             continue
         series = frame[column].reset_index(drop=True)
         if _is_bool_column(series):
@@ -207,7 +217,7 @@ def load_dataset(path: Path | str, labels: list[str], tensor_columns: tuple[str,
             slice_columns.append(name)
         else:
             ignored[name] = f"{series.dtype} column (only bool and string columns are slices)"
-    return EvalDataset(path=path, frame=out, slice_columns=slice_columns, ignored_columns=ignored)
+    return slice_columns, ignored
 
 
 @dataclass

@@ -56,6 +56,13 @@ class Finding:
         return asdict(self)
 
 
+def most_severe_first(findings: list[Finding]) -> list[Finding]:
+    """Fails, then warnings, then infos (stable within each): the classifier and generative reports list
+    findings in this one order, so a reader sees what blocks a rollout first whichever model kind it is."""
+    order = {"fail": 0, "warning": 1, "info": 2}
+    return sorted(findings, key=lambda f: order.get(f.severity, 3))
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
@@ -376,5 +383,4 @@ def derive_findings(
         + fairness_gap_widened(table, fairness, t)
         + _faster_not_cheaper(comparison, t)
     )
-    order = {"fail": 0, "warning": 1, "info": 2}
-    return sorted(findings, key=lambda f: order.get(f.severity, 3))
+    return most_severe_first(findings)

@@ -83,20 +83,15 @@ class TritonGenerative:
                 raise LoadtestError(f"model '{model}' is not ready on Triton at {self.url} (check the name and `loadtest serve`'s log)")
 
     def generate(self, model: str, prompt: str, settings: GenerationSettings) -> Generated:
-        import requests
-
         body = {
             "text_input": prompt,
             "max_tokens": settings.max_tokens,
             "stream": False,
             "sampling_parameters": json.dumps({"temperature": 0.0, "seed": settings.seed, "max_tokens": settings.max_tokens}),
         }
-        try:
-            response = self.http.post(f"{self.url}/v2/models/{model}/generate", json=body, timeout=settings.timeout_s)
-        except requests.RequestException as exc:
-            return Generated("", 0, f"{exc.__class__.__name__}: {exc}")
-        if response.status_code != 200:
-            return Generated("", 0, f"HTTP {response.status_code}: {response.text[:300]}")
+        response, failed = _post_answer(self.http, f"{self.url}/v2/models/{model}/generate", body, settings.timeout_s)
+        if failed is not None:
+            return failed
         data = response.json()
         text = _first(data.get("text_output"))
         if not isinstance(text, str):
@@ -159,19 +154,14 @@ class OpenAIGenerative:
         raise LoadtestError(f"the OpenAI-compatible server at {self.url} is not ready ({'; '.join(answers)})")
 
     def generate(self, model: str, prompt: str, settings: GenerationSettings) -> Generated:
-        import requests
-
         common = {"model": model, "max_tokens": settings.max_tokens, "temperature": 0.0, "seed": settings.seed, "stream": False}
         if settings.chat:
             path, body = "/v1/chat/completions", {**common, "messages": [{"role": "user", "content": prompt}]}
         else:
             path, body = "/v1/completions", {**common, "prompt": prompt}
-        try:
-            response = self.http.post(f"{self.url}{path}", json=body, timeout=settings.timeout_s)
-        except requests.RequestException as exc:
-            return Generated("", 0, f"{exc.__class__.__name__}: {exc}")
-        if response.status_code != 200:
-            return Generated("", 0, f"HTTP {response.status_code}: {response.text[:300]}")
+        response, failed = _post_answer(self.http, f"{self.url}{path}", body, settings.timeout_s)
+        if failed is not None:
+            return failed
         try:
             data = response.json()
             choice = data["choices"][0]
@@ -209,6 +199,23 @@ class OpenAIGenerative:
                 chosen.append(float(value))
                 top1.append(max(top, key=top.get) if top else None)
         return (chosen, top1) if chosen else None
+
+
+def _post_answer(http, url: str, body: dict, timeout_s: float):
+    """POST one generation request; returns ``(response, None)`` on HTTP 200, else ``(None, failed Generated)``.
+
+    Both servers' clients record a transport error or a non-200 answer the same way (the server's text,
+    cut to 300 characters), so a failed request reads alike in the per-example log whatever the server.
+    """
+    import requests
+
+    try:
+        response = http.post(url, json=body, timeout=timeout_s)
+    except requests.RequestException as exc:
+        return None, Generated("", 0, f"{exc.__class__.__name__}: {exc}")
+    if response.status_code != 200:
+        return None, Generated("", 0, f"HTTP {response.status_code}: {response.text[:300]}")
+    return response, None
 
 
 def _special_prefix_length(text: str, tokens: list[str], offsets: list[int]) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from loadtest.errors import LoadtestError
-from loadtest.quality.dataset import MAX_SLICE_VALUES, _is_bool_column, _is_string_column, _shown, read_table
+from loadtest.quality.dataset import _shown, read_table, take_slice_columns
 from loadtest.quality.textmetrics import parse_required_keys
 
 GEN_RESERVED = {"id", "prompt", "reference", "required_keys", "messages"}
@@ -82,23 +82,5 @@ def load_gen_dataset(path: Path | str) -> GenDataset:
     else:
         out["required_keys"] = [_keys_of_reference(r) for r in out["reference"]]
         keys_from = "reference"
-    slice_columns: list[str] = []
-    ignored: dict[str, str] = {}
-    for column in frame.columns:
-        name = str(column)
-        if name in GEN_RESERVED:
-            continue
-        series = frame[column]
-        if _is_bool_column(series):
-            out[name] = series.map(lambda v: None if v is None or v is pd.NA else bool(v)).to_numpy(dtype=object)
-            slice_columns.append(name)
-        elif _is_string_column(series):
-            distinct = series.nunique(dropna=True)
-            if distinct > MAX_SLICE_VALUES:
-                ignored[name] = f"{distinct} distinct values (more than {MAX_SLICE_VALUES}) make no useful slice"
-                continue
-            out[name] = series.to_numpy(dtype=object)
-            slice_columns.append(name)
-        else:
-            ignored[name] = f"{series.dtype} column (only bool and string columns are slices)"
+    slice_columns, ignored = take_slice_columns(frame, out, GEN_RESERVED)
     return GenDataset(path, out, slice_columns, ignored, keys_from)

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from loadtest.quality.findings import Finding, FindingThresholds, _faster_not_cheaper, _numerical_health, _value, fairness_gap_widened
+from loadtest.quality.findings import (
+    Finding,
+    FindingThresholds,
+    _faster_not_cheaper,
+    _numerical_health,
+    _value,
+    fairness_gap_widened,
+    most_severe_first,
+)
 from loadtest.quality.slices import OVERALL
 
 
@@ -213,5 +221,4 @@ def derive_generative_findings(
         + _faster_not_cheaper(comparison, FindingThresholds())
         + _judge(summary, t)
     )
-    order = {"fail": 0, "warning": 1, "info": 2}
-    return sorted(findings, key=lambda f: order.get(f.severity, 3))
+    return most_severe_first(findings)

@@ -32,7 +32,7 @@ from loadtest.quality import metrics as m
 from loadtest.quality import teacherforced as tf
 from loadtest.quality import textmetrics as tm
 from loadtest.quality.paired import mcnemar_exact
-from loadtest.quality.scoring import METRIC_COLUMNS
+from loadtest.quality.scoring import METRIC_COLUMNS, metric_row, slice_interval
 from loadtest.quality.slices import OVERALL, OVERALL_VALUE, SliceSpec, slice_value_strings
 
 ROLES = ("teacher", "student")
@@ -100,23 +100,11 @@ class _GenScorer:
         self.judged = "judge_equivalent" in per.columns
 
     def _ci(self, statistic, idx: np.ndarray) -> tuple[float, float]:
-        return m.bootstrap_interval(lambda rows: statistic(idx[rows]), len(idx), n_resamples=self.settings.n_resamples, seed=self.settings.seed)
+        return slice_interval(statistic, idx, self.settings)
 
     def _add(self, role, slice_name, value_name, metric, value, ci, n, p_value=float("nan")):
-        self.rows.append(
-            {
-                "model": role,
-                "slice": slice_name,
-                "slice_value": value_name,
-                "metric": metric,
-                "value": float(value),
-                "ci_low": float(ci[0]),
-                "ci_high": float(ci[1]),
-                "n": int(n),
-                "unstable": bool(n < self.settings.min_slice_n),
-                "p_value": float(p_value),
-            }
-        )
+        row = metric_row(role, slice_name, value_name, metric, value, ci, n, self.settings.min_slice_n)
+        self.rows.append({**row, "p_value": float(p_value)})
 
     def _rate(self, role, where, metric, passed: np.ndarray, idx: np.ndarray) -> None:
         n = len(idx)

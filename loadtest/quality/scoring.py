@@ -67,6 +67,31 @@ class Scores:
     finite_examples: int
 
 
+def slice_interval(statistic, idx: np.ndarray, settings) -> tuple[float, float]:
+    """95 % bootstrap interval of ``statistic`` over the examples ``idx`` of one slice.
+
+    ``statistic`` takes an array of row sets (one per resample) and returns one value per set. The
+    classifier and generative scorers share it so both resample the same way (``n_resamples``, ``seed``).
+    """
+    return m.bootstrap_interval(lambda rows: statistic(idx[rows]), len(idx), n_resamples=settings.n_resamples, seed=settings.seed)
+
+
+def metric_row(role: str, slice_name: str, value_name: str, metric: str, value, ci, n, min_slice_n: int) -> dict:
+    """One row of metrics.csv (``METRIC_COLUMNS``); the generative table builds its rows here too (adding
+    ``p_value``) so report, findings and gate read both tables by one contract."""
+    return {
+        "model": role,
+        "slice": slice_name,
+        "slice_value": value_name,
+        "metric": metric,
+        "value": float(value),
+        "ci_low": float(ci[0]),
+        "ci_high": float(ci[1]),
+        "n": int(n),
+        "unstable": bool(n < min_slice_n),
+    }
+
+
 class _Scorer:
     def __init__(self, y: np.ndarray, outputs: dict[str, ModelOutputs], num_classes: int, settings: ScoreSettings):
         self.y = np.asarray(y, dtype=np.int64)
@@ -104,24 +129,10 @@ class _Scorer:
         self.rows: list[dict] = []
 
     def _ci(self, statistic, idx: np.ndarray) -> tuple[float, float]:
-        return m.bootstrap_interval(
-            lambda rows: statistic(idx[rows]), len(idx), n_resamples=self.settings.n_resamples, seed=self.settings.seed
-        )
+        return slice_interval(statistic, idx, self.settings)
 
     def _add(self, role, slice_name, value_name, metric, value, ci, n):
-        self.rows.append(
-            {
-                "model": role,
-                "slice": slice_name,
-                "slice_value": value_name,
-                "metric": metric,
-                "value": float(value),
-                "ci_low": float(ci[0]),
-                "ci_high": float(ci[1]),
-                "n": int(n),
-                "unstable": bool(n < self.settings.min_slice_n),
-            }
-        )
+        self.rows.append(metric_row(role, slice_name, value_name, metric, value, ci, n, self.settings.min_slice_n))
 
     def score_slice(self, members: np.ndarray, slice_name: str, value_name: str, overall: bool, with_f1: bool) -> None:
         """All figures of one slice value; ``members`` is a boolean mask over the evaluation set."""

@@ -61,7 +61,8 @@ def run_sweep(
             step_s = settings.warmup_s + settings.step_duration(load)
             unit = "req/s" if settings.mode == "open" else "users"
             with _Ticker(console, f"{model} step {counter['i']}: {load:g} {unit}", step_s + 4):
-                step_dir, label, _ = run_step(sweep_dir, target, settings, model, counter["i"], load)
+                step_dir, label, _ = run_step(sweep_dir, target, settings, model, counter["i"], load,
+                                              on_drain=lambda line: console.print(f"  [dim]{line}[/]"))
             stage = merge_step(sweep_dir, step_dir, label, model, settings)
             step_manifest = stage.pop("_manifest")
             manifest = rundir.read_manifest()

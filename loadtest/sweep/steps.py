@@ -44,6 +44,7 @@ def _label(model: str, index: int, load: float, mode: str) -> str:
 def run_step(
     sweep_dir: Path, target: SweepTarget, settings: SweepSettings, model: str, index: int, load: float,
     on_line: Callable[[str], None] | None = None,
+    on_drain: Callable[[str], None] | None = None,
 ) -> tuple[Path, str, float]:
     """One Locust run: a warm-up stage then the measured stage; returns (step dir, label, measured seconds)."""
     from loadtest.load.runner import run_locust
@@ -77,6 +78,12 @@ def run_step(
         timeout_s=settings.warmup_s + duration + 120,
     )
     run.check()
+    if target.triton_metrics_url:  # the next step must not start on this one's backlog (loadtest.sweep.drain)
+        from loadtest.sweep.drain import wait_until_drained
+
+        drain = wait_until_drained(target.triton_metrics_url, model)
+        if on_drain is not None and (not drain.drained or drain.seconds >= 1.0):
+            on_drain(f"{label}: server queue {drain.describe()}")
     return step_dir, label, float(duration)
 
 
