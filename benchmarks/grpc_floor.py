@@ -1,10 +1,18 @@
-"""gRPC floor: CPU per request of tritonclient's gRPC stub alone under gevent, without Locust or loadtest.
+"""gRPC floor: CPU per request of each way to make gRPC calls from gevent, without Locust or loadtest's records.
 
 What a gevent-based load generator cannot go below over gRPC: 16 greenlets send the same prepared
-``ModelInferRequest`` to a no-op model on the embedded Triton in a loop (blocking calls, then the
-``.future()`` API), after ``grpc.experimental.gevent.init_gevent()``, as the load generator runs. CPU is
-this process's user+system time (the server runs in child processes); two interleaved rounds.
-Compare with bare Locust's CPU per request over HTTP in benchmarks/client_cost.py.
+``ModelInferRequest`` to a no-op model on the embedded Triton in a loop, after
+``grpc.experimental.gevent.init_gevent()``, as the load generator runs, by three paths side by side:
+
+- ``blocking call``: tritonclient's stub (``grpc`` sync API), each call waiting on its completion queue
+  through gevent's thread pool;
+- ``future().result()``: the same stub's ``.future()`` API (grpc's channel-spin greenlet + the thread pool);
+- ``aio loop thread``: ``loadtest.load.grpc_loop`` (what TritonUser uses): ``grpc.aio`` on one native
+  thread, raw request bytes in, response bytes out, parsed into a ``ModelInferResponse`` in the greenlet,
+  wake-ups batched both ways.
+
+CPU is this process's user+system time, all threads (the server runs in child processes); two
+interleaved rounds. Compare with bare Locust's CPU per request over HTTP in benchmarks/client_cost.py.
 
     python benchmarks/grpc_floor.py --requests 300
 """
@@ -41,8 +49,10 @@ def main() -> None:
 
     import tritonclient.grpc as grpcclient
     from client_cost import MODEL, build_noop_repository
+    from tritonclient.grpc import service_pb2
     from tritonclient.grpc._utils import _get_inference_request
 
+    from loadtest.load.grpc_loop import grpc_loop
     from loadtest.serving import EmbeddedTriton, ServerPorts
 
     repo, _ = build_noop_repository(Path(tempfile.mkdtemp(prefix="grpc-floor-")) / "repository", 16)
@@ -60,6 +70,12 @@ def main() -> None:
             sequence_end=False, priority=0, timeout=None, parameters=None,
         )
 
+        raw = request.SerializeToString()
+        loop = grpc_loop()
+        methods = [loop.unary_channel(address, "/inference.GRPCInferenceService/ModelInfer")
+                   for _ in range(args.connections)]  # fmt: skip
+        parse = service_pb2.ModelInferResponse.FromString
+
         def blocking(client, n):
             for _ in range(n):
                 client._client_stub.ModelInfer(request=request, timeout=10)
@@ -68,10 +84,16 @@ def main() -> None:
             for _ in range(n):
                 client._client_stub.ModelInfer.future(request=request, timeout=10).result()
 
+        def loop_thread(method, n):
+            for _ in range(n):
+                parse(method(raw, (), 10))
+
+        paths = (("blocking call", blocking, clients), ("future().result()", future, clients),
+                 ("aio loop thread", loop_thread, methods))  # fmt: skip
         for rnd in (1, 2):
-            for name, fn in (("blocking call", blocking), ("future().result()", future)):
+            for name, fn, targets in paths:
                 before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-                gevent.joinall([gevent.spawn(fn, c, args.requests) for c in clients])
+                gevent.joinall([gevent.spawn(fn, target, args.requests) for target in targets])
                 after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - start
                 total = args.requests * len(clients)
                 cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
@@ -79,6 +101,8 @@ def main() -> None:
                       flush=True)
         for client in clients:
             client.close()
+        for method in methods:
+            method.close()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ in ms, the token count as ``response_length``, the server's error text as the ex
 raw record in ``context["loadtest_record"]`` (what the records writer and the Prometheus metrics
 consume). So Locust's table, ``--csv``, ``--html`` and our records count the same requests.
 
-gevent: ``tritonclient.http`` is built on geventhttpclient (gevent-native). gRPC needs
+gevent: ``tritonclient.http`` is built on geventhttpclient (gevent-native). gRPC inference calls go
+through ``loadtest.load.grpc_loop`` (grpc.aio on one native thread, wake-ups batched): under gevent,
+tritonclient's blocking gRPC call costs about twice the CPU per request. tritonclient's gRPC client is
+still built for its metadata plugin and for what is not an inference call; it needs
 ``grpc.experimental.gevent.init_gevent()`` after gevent's monkey-patching (done by importing Locust)
 and before any channel exists; importing this module does both, in that order.
 
@@ -27,6 +30,7 @@ from gevent import GreenletExit
 from loadtest.credentials import Credentials, grpc_client_tls, http_client_tls
 from loadtest.endpoint import Endpoint
 from loadtest.load.client_metrics import ClientMetrics
+from loadtest.load.grpc_loop import grpc_loop
 from loadtest.load.clock import CLOCK
 from loadtest.load.payloads import Payload, model_arrays
 from loadtest.load.records import RECORD_KEY
@@ -49,6 +53,41 @@ def init_grpc_gevent() -> None:
 init_grpc_gevent()
 
 
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def tritonclient_channel_options() -> list:
+    """The channel arguments ``tritonclient.grpc.InferenceServerClient`` sets by default (message sizes, keepalive)."""
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+    ]
+
+
+def _grpc_channel_credentials(credentials: Credentials):
+    """TLS credentials built from the same files, the same way, as ``tritonclient.grpc`` with ``ssl=True``."""
+    import grpc
+
+    def read(path):
+        if path is None:
+            return None
+        with open(path, "rb") as handle:
+            return handle.read()
+
+    tls = grpc_client_tls(credentials)
+    return grpc.ssl_channel_credentials(root_certificates=read(tls["root_certificates"]),
+                                        private_key=read(tls["private_key"]),
+                                        certificate_chain=read(tls["certificate_chain"]))  # fmt: skip
+
+
 class TritonRequestError(Exception):
     """A failed request; the message is the server's (or the transport's) error text."""
 
@@ -59,7 +98,8 @@ class PreparedRequest:
 
     ``wire`` is what goes on the wire: for HTTP the KServe binary-tensor body and its JSON header length
     (exactly what ``tritonclient.http`` builds, built here once instead of per request); for gRPC the
-    ``ModelInferRequest`` protobuf. ``inputs``/``outputs`` are the tritonclient objects it came from.
+    ``ModelInferRequest`` protobuf and its serialised bytes. ``inputs``/``outputs`` are the tritonclient
+    objects it came from.
     """
 
     model: str
@@ -108,9 +148,10 @@ def _wire(protocol: str, model: str, inputs: list, outputs: list, model_version:
     if protocol == "grpc":
         from tritonclient.grpc._utils import _get_inference_request
 
-        return (_get_inference_request(model_name=model, inputs=inputs, model_version=model_version, request_id="",
-                                       outputs=outputs, sequence_id=0, sequence_start=False, sequence_end=False,
-                                       priority=0, timeout=None, parameters=None),)  # fmt: skip
+        message = _get_inference_request(model_name=model, inputs=inputs, model_version=model_version, request_id="",
+                                         outputs=outputs, sequence_id=0, sequence_start=False, sequence_end=False,
+                                         priority=0, timeout=None, parameters=None)  # fmt: skip
+        return message, message.SerializeToString()
     from urllib.parse import quote
 
     from tritonclient.http._utils import _get_inference_request
@@ -167,9 +208,11 @@ class TritonClient:
         self._result = module.InferResult
         if self.protocol == "grpc":
             import grpc
+            from tritonclient.grpc import service_pb2
             from tritonclient.grpc._utils import raise_error_grpc
 
             self._rpc_error, self._raise_rpc = grpc.RpcError, raise_error_grpc
+            self._parse_response = service_pb2.ModelInferResponse.FromString
         else:
             from tritonclient.http._utils import _raise_if_error
 
@@ -177,6 +220,10 @@ class TritonClient:
         if self.protocol == "grpc":
             tls = grpc_client_tls(credentials) if endpoint.ssl else {}
             self._client = module.InferenceServerClient(url=endpoint.address, **tls)
+            self._model_infer = grpc_loop().unary_channel(
+                endpoint.address, MODEL_INFER, credentials=_grpc_channel_credentials(credentials) if endpoint.ssl else None,
+                options=tritonclient_channel_options(),
+            )  # fmt: skip
         else:
             tls = http_client_tls(credentials) if endpoint.ssl else {}
             self._client = module.InferenceServerClient(
@@ -188,23 +235,26 @@ class TritonClient:
             )
 
     def _call(self, request: PreparedRequest):
-        """Send the prepared bytes through tritonclient's own connection (its pool, TLS and plugin headers).
+        """Send the prepared bytes: HTTP through tritonclient's own connection (its pool, TLS and plugin
+        headers); gRPC through the native gRPC loop with tritonclient's channel options, TLS and plugin
+        metadata.
 
         ``InferenceServerClient.infer`` would rebuild and re-serialise the request every time; this sends
         the request serialised once and parses the answer with tritonclient's ``InferResult`` as ``infer``
-        does, so what Triton receives and how its errors read are unchanged.
+        does (gRPC errors go through tritonclient's ``raise_error_grpc``), so what Triton receives and how
+        its errors read are unchanged.
         """
         client = self._client
         if not request.wire:
             return self._infer(request)
         if self.protocol == "grpc":
             try:
-                response = client._client_stub.ModelInfer(
-                    request=request.wire[0], metadata=client._get_metadata(self.headers), timeout=self.timeout_s
+                response = self._model_infer(
+                    request.wire[1], tuple(client._get_metadata(self.headers)), self.timeout_s
                 )
             except self._rpc_error as rpc_error:
                 self._raise_rpc(rpc_error)
-            return self._result(response)
+            return self._result(self._parse_response(response))
         uri, body, headers = request.wire
         response = client._post(request_uri=uri, request_body=body, headers={**dict(headers), **(self.headers or {})},
                                 query_params=None)  # fmt: skip
@@ -313,6 +363,12 @@ class TritonClient:
             raise
 
     def close(self) -> None:
+        if self.protocol == "grpc" and self._model_infer is not None:
+            try:
+                self._model_infer.close()
+            except Exception:  # closing a broken channel must not mask the test's outcome
+                pass
+            self._model_infer = None
         try:
             self._client.close()
         except Exception:  # closing a broken connection must not mask the test's outcome

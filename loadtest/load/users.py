@@ -31,7 +31,7 @@ from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 from locust import User, constant, task
 from locust.exception import StopUser
-from locust.user.task import LOCUST_STATE_STOPPING
+from locust.user.task import LOCUST_STATE_STOPPING, LOCUST_STATE_WAITING
 
 from loadtest.load import lifecycle  # noqa: F401  (registers the test's listeners: run dir, records, metrics)
 from loadtest.load.backoff import Backoff, is_connection_error
@@ -80,6 +80,7 @@ class TritonUser(User):
     wait_time = constant(0)
     send_to_all_models = False  # ABTritonUser: the same payload to every model at once
     _in_request = False
+    _kill_pending = False  # Locust delivers a kill on the hub's next turn: no new request meanwhile
 
     def on_start(self) -> None:
         process = _process(self)
@@ -119,10 +120,15 @@ class TritonUser(User):
             self._state = LOCUST_STATE_STOPPING  # Locust's task loop stops the user after this task
             self._greenlet.join()
             return True
+        # gevent throws the kill on the hub's next turn; a user waking from its wait first must not start a
+        # request the kill would then cut off (counted by Triton, by neither Locust nor the records)
+        self._kill_pending = force or self._state in (None, LOCUST_STATE_WAITING)
         return super().stop(force)
 
     @task
     def infer(self) -> None:
+        if self._kill_pending:
+            return
         stage = self.board.label
         self._in_request = True
         try:
@@ -148,7 +154,7 @@ class TritonUser(User):
     def _back_off_if_unreachable(self) -> None:
         """After a connection error, wait (exponential, counted); the next success resets it."""
         error = getattr(self.client, "last_error", None)
-        backoff = self.__dict__.setdefault("backoff", Backoff())
+        backoff = self.__dict__.get("backoff") or self.__dict__.setdefault("backoff", Backoff())  # built once
         if not is_connection_error(error):
             backoff.reset()
             return
