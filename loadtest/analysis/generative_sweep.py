@@ -121,6 +121,8 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
            on_step: Callable[[Step, GenerativeSearch], None] | None = None,
            start: float | None = None) -> GenerativeSearch:  # fmt: skip
     """Grow, retry the first failure once lower, bisect to ±tolerance (MLPerf server-scenario style)."""
+    from loadtest.sweep.search import retry_below  # the same retry rule as the latency-budget search
+
     result = GenerativeSearch(model)
 
     def run(rate: float) -> bool:
@@ -157,11 +159,10 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
                 return result
             rate = lower
             run(rate)
-        basis = result.failing_rate
         failed = next((s for s in result.steps if s.rate == result.failing_rate), None)
-        if failed is not None and failed.figures is not None and 0 < failed.figures.requests_per_s < MIN_ACHIEVED * failed.rate:
-            basis = failed.figures.requests_per_s  # overloaded: retry just under what it delivered, not what it was offered
-        retry = rounded(basis * settings.retry_lower)
+        delivered = failed.figures.requests_per_s if failed is not None and failed.figures is not None else 0.0
+        overloaded = 0 < delivered < MIN_ACHIEVED * result.failing_rate
+        retry = rounded(retry_below(result.failing_rate, delivered, overloaded, settings.retry_lower))
         if not done() and result.best.rate < retry < result.failing_rate:
             run(retry)
         while not done():

@@ -178,17 +178,22 @@ def search(
 
 
 def _retry_load(failed: StepResult, failing_load: float, settings: SweepSettings) -> float:
-    """Where to retry the first failure: just below it, or just below what the server delivered.
+    """Where to retry the first failure (``retry_below``), judged by this search's overload rule."""
+    overloaded = failed.load == failing_load and _fell_behind(failed, settings)
+    return retry_below(failing_load, failed.achieved_qps, overloaded, settings.retry_lower)
+
+
+def retry_below(failing_load: float, delivered: float, overloaded: bool, retry_lower: float) -> float:
+    """Where to retry a search's first failure: just below it, or just below what the server delivered.
 
     Growth ×2 usually overshoots: an open-loop step far beyond capacity is answered at the server's
     saturated throughput, well below its offered rate (the teacher of the demo: 186 req/s answered at 320
     offered). Retrying at 95 % of the offered rate (304) is then a second overloaded step that teaches
-    nothing; 95 % of the delivered rate lands next to the knee, where the bisection needs its steps.
+    nothing; 95 % of the delivered rate lands next to the knee, where the bisection needs its steps. Both
+    searches (QPS at a latency budget here, arrival rate under an SLO in ``analysis.generative_sweep``) use it.
     """
-    retry = failing_load * settings.retry_lower
-    if failed.load == failing_load and failed.achieved_qps > 0 and _fell_behind(failed, settings):
-        retry = min(retry, failed.achieved_qps * settings.retry_lower)
-    return retry
+    basis = delivered if overloaded and 0 < delivered < failing_load else failing_load
+    return basis * retry_lower
 
 
 SATURATED = 0.9  # an open-loop step answered below this share of its offered rate did not keep up
