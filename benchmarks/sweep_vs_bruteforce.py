@@ -136,6 +136,7 @@ def main() -> None:
             console.print(f"  {load:g} req/s: {step.achieved_qps:.1f} achieved, P{args.percentile:g} "
                           f"{step.latency_ms:.3g} ms, counted={step.counted} → {'pass' if ok else 'fail'}")
         brute_took = time.monotonic() - t0
+        brute_sent = sum(st.requests for st in steps)
         steps.sort(key=lambda st: st.load)
         cap = capacity_at_budget(steps, args.model, args.budget_ms, args.percentile)
         brute = cap.qps_at_budget or math.nan
@@ -144,9 +145,8 @@ def main() -> None:
             "model": args.model, "budget_ms": args.budget_ms, "percentile": args.percentile,
             "sweep_qps": answers, "sweep_seconds": took, "sweep_steps": sweep_steps, "sweep_requests": sent,
             "brute_force_qps": brute, "brute_force_steps": len(grid), "brute_force_seconds": brute_took,
-            "brute_force_requests": sum(st.requests for st in steps),
-            "sweep1_cost_vs_brute": {"seconds": took[0] / brute_took,
-                                     "requests": sent[0] / max(1, sum(st.requests for st in steps))}, "sweep1_over_brute": answers[0] / brute,
+            "brute_force_requests": brute_sent,
+            "sweep1_cost_vs_brute": {"seconds": took[0] / brute_took, "requests": sent[0] / max(1, brute_sent)}, "sweep1_over_brute": answers[0] / brute,
             "sweep2_over_brute": answers[1] / brute, "sweep2_over_sweep1": answers[1] / answers[0],
             "brute_force_monotone_qps": monotone, "sweep1_over_monotone": answers[0] / monotone,
             "sweep2_over_monotone": answers[1] / monotone,
