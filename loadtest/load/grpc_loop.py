@@ -5,9 +5,10 @@ native-thread hand-off, a new async watcher and a queue round trip per call); th
 request than bare Locust's whole HTTP request. Here one real OS thread runs an asyncio loop that owns
 ``grpc.aio`` channels; greenlets hand it pre-serialised requests through a queue (one loop wake-up per
 batch of submissions) and are woken through a single gevent async watcher (one hub wake-up per batch of
-answers). grpc.aio's own completion-queue poller is a native thread too, so nothing of gRPC's runs in or
-blocks the gevent hub, and ``init_gevent`` stays in force for the rest of the process (tritonclient's
-synchronous client, streaming).
+answers). Streaming calls (Triton's ``ModelStreamInfer``) work the same way, one hand-off per response,
+each stamped with its arrival time on the loop thread. grpc.aio's own completion-queue poller is a native
+thread too, so nothing of gRPC's runs in or blocks the gevent hub, and ``init_gevent`` stays in force for
+the rest of the process (tritonclient's synchronous client: readiness, metadata).
 
 Under gevent's monkey-patching ``threading.Thread`` starts a greenlet, which would leave grpc.aio's
 poller (a loop that blocks in C) stuck on a hub nobody runs; while the loop's thread initialises
@@ -176,15 +177,20 @@ class GrpcLoop:
             else:
                 waiter.throw(value)
 
+    def post(self, start, args, receiver) -> None:
+        """Run ``start(receiver, *args)`` on the loop thread, without waiting; an error it raises goes to
+        ``receiver.throw`` on the hub (a gevent ``Waiter`` or a :class:`BidiStream`)."""
+        self._submissions.append((start, args, receiver))
+        if not self._submit_scheduled:
+            self._submit_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain_submissions)
+
     def _submit(self, start, args):
         """Run ``start(waiter, *args)`` on the loop thread and wait (this greenlet only) for its answer."""
         from gevent._waiter import Waiter
 
         waiter = Waiter(self._hub)
-        self._submissions.append((start, args, waiter))
-        if not self._submit_scheduled:
-            self._submit_scheduled = True
-            self._loop.call_soon_threadsafe(self._drain_submissions)
+        self.post(start, args, waiter)
         return waiter.get()
 
     def run(self, function, *args):
@@ -223,6 +229,21 @@ class GrpcLoop:
         channel, multicallable = self.run(open_channel)
         return UnaryMethod(self, channel, multicallable)
 
+    def stream_channel(self, target: str, method: str, *, credentials=None, options=()) -> StreamMethod:
+        """A channel to ``target`` (TLS when ``credentials`` is given) and its raw-bytes stream-stream ``method``."""
+
+        def open_channel():
+            import grpc.aio
+
+            if credentials is not None:
+                channel = grpc.aio.secure_channel(target, credentials, options=list(options))
+            else:
+                channel = grpc.aio.insecure_channel(target, options=list(options))
+            return channel, channel.stream_stream(method, request_serializer=None, response_deserializer=None)
+
+        channel, multicallable = self.run(open_channel)
+        return StreamMethod(self, channel, multicallable)
+
 
 class UnaryMethod:
     """One unary method of one grpc.aio channel, called from greenlets with bytes in and bytes out."""
@@ -259,3 +280,119 @@ class UnaryMethod:
 
     def close(self) -> None:
         self._loop.run(self._channel.close)
+
+
+class StreamMethod:
+    """One stream-stream method of one grpc.aio channel; its calls are opened and used from greenlets."""
+
+    def __init__(self, loop: GrpcLoop, channel, multicallable):
+        self._loop = loop
+        self._channel = channel
+        self._multicallable = multicallable
+
+    def open(self, metadata=(), now=None) -> BidiStream:
+        """Start one call (returns at once; the call opens on the loop thread before anything sent on it)."""
+        return BidiStream(self._loop, self._multicallable, metadata, now)
+
+    def close(self) -> None:
+        self._loop.run(self._channel.close)
+
+
+class BidiStream:
+    """One bidirectional call: greenlets send request bytes and receive every response with its arrival time.
+
+    The arrival time is read on the loop thread (``now()`` as soon as grpc.aio hands the message over),
+    so a greenlet that wakes up later still sees when each message arrived: time to first token and the
+    gaps between chunks are measured at arrival, not at the greenlet's turn on the hub. Responses are
+    queued here in order and handed over in batches with the loop's other answers; only the greenlet
+    waiting on this stream is woken.
+    """
+
+    def __init__(self, loop: GrpcLoop, multicallable, metadata, now=None):
+        import time
+
+        self._loop = loop
+        self._now = now or time.perf_counter
+        self._inbox: deque = deque()  # (ok, (arrival, message bytes or None at the end) or the call's error)
+        self._waiter = None  # the greenlet waiting in receive(), if any
+        self._requests: asyncio.Queue | None = None  # loop thread only
+        self._call = None
+        loop.post(self._open, (multicallable, tuple(metadata)), self)
+
+    # -- loop thread ---------------------------------------------------------------------------------
+    def _open(self, _receiver, multicallable, metadata) -> None:
+        self._requests = asyncio.Queue()
+        self._call = multicallable(self._request_iterator(), metadata=metadata)
+        self._loop._loop.create_task(self._read(self._call))
+
+    async def _request_iterator(self):
+        requests = self._requests
+        while True:
+            request = await requests.get()
+            if request is None:
+                return
+            yield request
+
+    async def _read(self, call) -> None:
+        from grpc.aio import EOF
+
+        answer, now = self._loop._answer, self._now
+        try:
+            while True:
+                message = await call.read()
+                at = now()
+                if message is EOF:  # the server ended the call with status OK
+                    answer(self, True, (at, None))
+                    return
+                answer(self, True, (at, message))
+        except BaseException as exc:  # grpc.aio.AioRpcError (a status that is not OK), CancelledError (cancel)
+            answer(self, False, exc)
+
+    def _write(self, _receiver, request) -> None:
+        self._requests.put_nowait(request)
+
+    def _cancel(self, _receiver) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    # -- hub: GrpcLoop._wake_waiters hands responses over as to a Waiter --------------------------------
+    def switch(self, value) -> None:
+        self._deliver((True, value))
+
+    def throw(self, exc) -> None:
+        self._deliver((False, exc))
+
+    def _deliver(self, item) -> None:
+        self._inbox.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.switch(None)
+
+    # -- greenlets -----------------------------------------------------------------------------------
+    def send(self, request: bytes) -> None:
+        """Queue one serialised request on the call (returns at once, requests go out in order)."""
+        self._loop.post(self._write, (request,), self)
+
+    def receive(self) -> tuple[float, bytes | None]:
+        """The next response as (arrival time, bytes); bytes None when the server ended the call.
+
+        Raises the call's error (``grpc.aio.AioRpcError``), or ``asyncio.CancelledError`` after ``cancel``.
+        Waits in this greenlet only (wrap it in ``gevent.Timeout`` for a deadline).
+        """
+        if not self._inbox:
+            from gevent._waiter import Waiter
+
+            self._waiter = Waiter(self._loop._hub)
+            try:
+                self._waiter.get()
+            finally:
+                self._waiter = None
+        ok, value = self._inbox.popleft()
+        if not ok:
+            raise value
+        return value
+
+    def cancel(self) -> None:
+        """End the call; what it still had in flight is dropped."""
+        self._loop.post(self._cancel, (), self)

@@ -12,8 +12,11 @@ tokenizer's count of the returned text, never the number of chunks. A request fa
 own text, on an HTTP error, an error chunk, a chunk that is not valid JSON, a stream cut off before its
 end marker, an answer that is not a stream when one was asked for, or an empty completion.
 
-HTTP goes through geventhttpclient (gevent-native, reads the body as it arrives); gRPC through
-``tritonclient.grpc`` with gevent set up by ``loadtest.load.triton_client`` (imported first).
+HTTP goes through geventhttpclient (gevent-native, reads the body as it arrives), each chunk timed when
+the greenlet reads it; gRPC through ``grpc.aio`` on the process's gRPC loop thread
+(``loadtest.load.grpc_loop``: under gevent, tritonclient's stream cost a thread-pool wait per response),
+each response timed on that thread when it arrives, with tritonclient's request bytes, channel options
+and error text.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from dataclasses import dataclass, field
 
 import gevent
 from gevent import GreenletExit
-from gevent.queue import Empty, Queue
 
 from loadtest.load import triton_client  # noqa: F401  (gevent-ready gRPC, before any channel exists)
 from loadtest.generative import protocols as wire
@@ -55,6 +57,7 @@ class GenerativeRequest:
     body: bytes = b""
     text: str = ""  # Triton gRPC: the text_input
     sampling: str = ""  # Triton gRPC: sampling_parameters JSON ("" = none)
+    wire: bytes = b""  # Triton gRPC: the serialised ModelInferRequest (grpc_stream_request)
 
 
 def prepare_requests(context: GenerativeContext) -> dict[str, list[GenerativeRequest]]:
@@ -80,8 +83,9 @@ def prepare_requests(context: GenerativeContext) -> dict[str, list[GenerativeReq
                                                   json.dumps(body).encode()))  # fmt: skip
             else:
                 params = wire.triton_sampling_parameters(prompt.max_tokens, gen.ignore_eos, context.extra)
-                requests.append(GenerativeRequest(model, prompt, text=prompt.as_text(tokenizer),
-                                                  sampling=json.dumps(params) if params else ""))  # fmt: skip
+                text, sampling = prompt.as_text(tokenizer), json.dumps(params) if params else ""
+                requests.append(GenerativeRequest(model, prompt, text=text, sampling=sampling, wire=grpc_stream_request(
+                    model, text, prompt.max_tokens, gen.stream, sampling)))  # fmt: skip
         out[model] = requests
     return out
 
@@ -182,6 +186,8 @@ class StreamingClient:
                      f"finish_reason={answer.finish_reason})")  # fmt: skip
         input_tokens = answer.input_tokens if answer.input_tokens is not None else request.prompt.input_tokens
         timing = answer.timing
+        if error is None and self.stream and timing.end is not None:
+            end = timing.end  # E2E ends when the end of the stream arrived (timing.py), as TTFT starts at arrival
         e2e = end - intended
         ttft = timing.ttft_s if self.stream else None
         streamed = self.stream and timing.chunks > 0
@@ -348,114 +354,135 @@ def _discard(response) -> None:
         response.release()
 
 
-class _GrpcStream:
-    """One tritonclient gRPC client with one open stream, serving one request at a time."""
-
-    def __init__(self, context: GenerativeContext):
-        import tritonclient.grpc as grpcclient
-
-        from loadtest.credentials import grpc_client_tls
-
-        server = context.endpoint.server
-        tls = grpc_client_tls(context.credentials) if server.ssl else {}
-        self.client = grpcclient.InferenceServerClient(server.address, **tls)
-        self.metadata = context.credentials.request_headers("grpc")
-        self.responses: Queue = Queue()
-        self.open = False
-
-    def _callback(self, result, error) -> None:
-        self.responses.put((CLOCK.now(), result, error))
-
-    def ensure_open(self) -> None:
-        if not self.open:
-            self.responses = Queue()
-            self.client.start_stream(callback=self._callback, headers=self.metadata)
-            self.open = True
-
-    def reset(self) -> None:
-        try:
-            self.client.stop_stream(cancel_requests=True)
-        except Exception:  # a broken stream is replaced; its error is already recorded
-            pass
-        self.open = False
-
-    def close(self) -> None:
-        self.reset()
-        try:
-            self.client.close()
-        except Exception:
-            pass
-        # tritonclient's __del__ would close it again at exit: a second gevent gRPC channel close can block
-        # the exiting load generator (seen with TritonClient), so closed once is enough.
-        self.client.close = _closed
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
-def _closed() -> None:
-    """Stands in for a closed tritonclient's ``close``."""
+def grpc_stream_request(model: str, text: str, max_tokens: int, stream: bool, sampling: str = "") -> bytes:
+    """The ``ModelInferRequest`` that ``tritonclient.grpc``'s ``async_stream_infer(...,
+    enable_empty_final_response=True)`` sends for one prompt, serialised (built once per prompt)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.grpc._utils import _get_inference_request
+
+    def tensor(name, datatype, value):
+        tensor = grpcclient.InferInput(name, [1], datatype)
+        tensor.set_data_from_numpy(value)
+        return tensor
+
+    inputs = [tensor("text_input", "BYTES", np.array([text.encode()], dtype=np.object_)),
+              tensor("max_tokens", "INT32", np.array([max_tokens], dtype=np.int32)),
+              tensor("stream", "BOOL", np.array([stream], dtype=bool))]  # fmt: skip
+    if sampling:
+        inputs.append(tensor("sampling_parameters", "BYTES", np.array([sampling.encode()], dtype=np.object_)))
+    request = _get_inference_request(model_name=model, inputs=inputs, model_version="", request_id="", outputs=None,
+                                     sequence_id=0, sequence_start=False, sequence_end=False, priority=0,
+                                     timeout=None, parameters=None)  # fmt: skip
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    return request.SerializeToString()
 
 
 class GrpcStreamClient(StreamingClient):
-    """Triton ``ModelStreamInfer``: one stream per concurrent request slot, reused request after request."""
+    """Triton ``ModelStreamInfer``: one stream per concurrent request slot, reused request after request.
+
+    The streams are ``grpc.aio`` calls on the process's gRPC loop thread (``loadtest.load.grpc_loop``), over
+    one channel with tritonclient's channel options and TLS; every response is handed to the waiting
+    greenlet with its arrival time read on that thread. The request bytes are tritonclient's own
+    (``grpc_stream_request``) and each response is parsed as tritonclient's stream does (its error text,
+    ``InferResult``).
+    """
 
     def __init__(self, context: GenerativeContext, request_event, **kw):
         super().__init__(context, request_event, **kw)
-        self.idle: list[_GrpcStream] = []
-        self.all: list[_GrpcStream] = []
+        from tritonclient.grpc import InferResult, service_pb2
 
-    def _inputs(self, request: GenerativeRequest) -> list:
-        import numpy as np
-        import tritonclient.grpc as grpcclient
+        from loadtest.load.grpc_loop import grpc_loop
+        from loadtest.load.triton_client import grpc_channel_credentials, tritonclient_channel_options
 
-        text = grpcclient.InferInput("text_input", [1], "BYTES")
-        text.set_data_from_numpy(np.array([request.text.encode()], dtype=np.object_))
-        max_tokens = grpcclient.InferInput("max_tokens", [1], "INT32")
-        max_tokens.set_data_from_numpy(np.array([request.prompt.max_tokens], dtype=np.int32))
-        stream = grpcclient.InferInput("stream", [1], "BOOL")
-        stream.set_data_from_numpy(np.array([self.stream], dtype=bool))
-        inputs = [text, max_tokens, stream]
-        if request.sampling:
-            params = grpcclient.InferInput("sampling_parameters", [1], "BYTES")
-            params.set_data_from_numpy(np.array([request.sampling.encode()], dtype=np.object_))
-            inputs.append(params)
-        return inputs
+        server = context.endpoint.server
+        self._method = grpc_loop().stream_channel(
+            server.address, MODEL_STREAM_INFER, options=tritonclient_channel_options(),
+            credentials=grpc_channel_credentials(context.credentials) if server.ssl else None,
+        )  # fmt: skip
+        self._metadata = tuple((context.credentials.request_headers("grpc") or {}).items())
+        self._parse = service_pb2.ModelStreamInferResponse.FromString
+        self._result = InferResult
+        self.idle: list = []  # open streams with no request in flight
+        self.all: list = []
+        self._wire: dict[int, bytes] = {}  # id(request) -> bytes, for requests prepared without them
+
+    def _request_bytes(self, request: GenerativeRequest) -> bytes:
+        if request.wire:
+            return request.wire
+        wire = self._wire.get(id(request))
+        if wire is None:
+            wire = self._wire[id(request)] = grpc_stream_request(request.model, request.text, request.prompt.max_tokens,
+                                                                 self.stream, request.sampling)  # fmt: skip
+        return wire
 
     def _exchange(self, request: GenerativeRequest, answer: Answer) -> None:
-        slot = self.idle.pop() if self.idle else None
-        if slot is None:
-            slot = _GrpcStream(self.context)
-            self.all.append(slot)
+        from tritonclient.utils import InferenceServerException
+
+        stream = self.idle.pop() if self.idle else None
+        if stream is None:
+            stream = self._method.open(self._metadata, CLOCK.now)
+            self.all.append(stream)
         healthy = False
+        deadline = gevent.Timeout(self.timeout_s)
+        deadline.start()
         try:
-            slot.ensure_open()
-            slot.client.async_stream_infer(request.model, self._inputs(request), enable_empty_final_response=True)
-            deadline = CLOCK.now() + self.timeout_s
+            stream.send(self._request_bytes(request))
             while True:
-                try:
-                    at, result, error = slot.responses.get(timeout=max(deadline - CLOCK.now(), 0.0))
-                except Empty:
-                    answer.error = f"no final response within --request-timeout {self.timeout_s:g}s"
+                at, message = stream.receive()
+                if message is None:  # the server ended the stream before the final response: cut off
                     return
-                if error is not None:
-                    answer.error = _transport_error(error, answer)
+                response = self._parse(message)
+                if response.error_message:
+                    answer.error = _transport_error(InferenceServerException(msg=response.error_message), answer)
                     return
-                response = result.get_response()
-                final = response.parameters.get("triton_final_response")
+                infer = response.infer_response
+                final = infer.parameters.get("triton_final_response")
                 is_final = bool(final.bool_param) if final is not None else False
-                if response.outputs:
-                    answer.add(_grpc_chunk(result), at)
+                if infer.outputs:
+                    answer.add(_grpc_chunk(self._result(infer)), at)
                 if is_final or not self.stream:
                     answer.done = True
                     answer.timing.finish(at)
                     healthy = answer.error is None
                     return
+        except gevent.Timeout as timeout:
+            if timeout is not deadline:
+                raise
+            answer.error = f"no final response within --request-timeout {self.timeout_s:g}s"
+        except Exception as exc:  # the call's own status (grpc.aio.AioRpcError): as tritonclient's stream reads it
+            answer.error = _transport_error(_stream_error(exc), answer)
         finally:
-            if not healthy:  # an error or a timeout leaves the stream in an unknown state: a fresh one next time
-                slot.reset()
-            self.idle.append(slot)
+            deadline.close()
+            if healthy:
+                self.idle.append(stream)
+            else:  # an error, a timeout or a kill leaves the stream in an unknown state: a fresh one next time
+                stream.cancel()
+                self.all.remove(stream)
 
     def close(self) -> None:
-        for slot in self.all:
-            slot.close()
+        for stream in self.all:
+            stream.cancel()
+        self.all, self.idle = [], []
+        try:
+            self._method.close()
+        except Exception:  # closing a broken channel must not mask the test's outcome
+            pass
+
+
+def _stream_error(exc: BaseException) -> BaseException:
+    """A gRPC status as tritonclient's stream reports it (``get_error_grpc``); anything else unchanged."""
+    import grpc
+    from tritonclient.grpc._utils import get_cancelled_error, get_error_grpc
+
+    if isinstance(exc, grpc.RpcError):
+        if exc.code() == grpc.StatusCode.CANCELLED:
+            return get_cancelled_error(exc.details())
+        return get_error_grpc(exc)
+    return exc
 
 
 def _grpc_chunk(result) -> wire.Chunk:

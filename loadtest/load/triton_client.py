@@ -72,7 +72,7 @@ def tritonclient_channel_options() -> list:
     ]
 
 
-def _grpc_channel_credentials(credentials: Credentials):
+def grpc_channel_credentials(credentials: Credentials):
     """TLS credentials built from the same files, the same way, as ``tritonclient.grpc`` with ``ssl=True``."""
     import grpc
 
@@ -221,7 +221,7 @@ class TritonClient:
             tls = grpc_client_tls(credentials) if endpoint.ssl else {}
             self._client = module.InferenceServerClient(url=endpoint.address, **tls)
             self._model_infer = grpc_loop().unary_channel(
-                endpoint.address, MODEL_INFER, credentials=_grpc_channel_credentials(credentials) if endpoint.ssl else None,
+                endpoint.address, MODEL_INFER, credentials=grpc_channel_credentials(credentials) if endpoint.ssl else None,
                 options=tritonclient_channel_options(),
             )  # fmt: skip
         else:
