@@ -14,7 +14,12 @@ prompt and duration:
 - **bare Locust, SSE**: ``FastHttpUser`` POSTing the same JSON body to ``generate_stream`` and reading it
   with Locust's own ``client.iter_lines``, ``json.loads`` of every ``data:`` event, tokens counted (Locust
   fires its one request event when the headers arrive);
-- **ours, SSE**: ``scenarios/llm.py`` with ``--api triton-generate``, records and metrics on.
+- **ours, SSE**: ``scenarios/llm.py`` with ``--api triton-generate``, records and metrics on;
+- optionally (``--clients ...,bare-openai,openai``) the same SSE pair against an OpenAI-compatible server,
+  ``transformers serve`` with a tiny random GPT-2 whose end-of-sequence token is suppressed (so every
+  request streams exactly ``--tokens`` tokens): ``/v1/completions`` with ``stream: true``, bare
+  ``FastHttpUser`` against ours with ``--api openai-completions``. That server runs a real model on
+  the same cores, so its request rate is far lower; the figures per request and per token still compare.
 
 The bare users keep no per-chunk timestamps, write no records and export no metrics: that, and the
 transport, is what ours costs on top. A client's cost is its process's user+system CPU seconds over the
@@ -160,7 +165,7 @@ class BareSSEUser(FastHttpUser):
     def generate(self):
         tokens = 0
         for line in self.client.iter_lines(PATH, method="POST", data=BODY, headers=HEADERS, name="{model}"):
-            if line.startswith("data:"):
+            if line.startswith("data:") and line[5:].strip() != "[DONE]":
                 event = json.loads(line[5:])
                 tokens += int(event.get("num_output_tokens", 1))
 '''
@@ -170,8 +175,11 @@ LABELS = {
     "grpc": "loadtest LLMStreamUser, triton-grpc",
     "bare-sse": "bare Locust FastHttpUser, generate_stream SSE",
     "sse": "loadtest LLMStreamUser, triton-generate (SSE)",
+    "bare-openai": "bare Locust FastHttpUser, OpenAI completions SSE",
+    "openai": "loadtest LLMStreamUser, openai-completions (SSE)",
 }
-BASELINE = {"grpc": "bare-grpc", "sse": "bare-sse", "bare-grpc": "bare-grpc", "bare-sse": "bare-sse"}
+BASELINE = {"grpc": "bare-grpc", "sse": "bare-sse", "openai": "bare-openai"}
+API = {"grpc": "triton-grpc", "sse": "triton-generate", "openai": "openai-completions"}
 
 
 def build_repository(root: Path) -> Path:
@@ -198,21 +206,51 @@ def main() -> None:
     args = parser.parse_args()
 
     from loadtest.generative import protocols as wire
-    from loadtest.serving import EmbeddedTriton
-    from loadtest.serving.ports import free_port
 
     work = Path(tempfile.mkdtemp(prefix="stream-client-cost-"))
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    openai_server = start_openai_server(work) if any(c.endswith("openai") for c in clients) else None
+    models = {"grpc": MODEL, "sse": MODEL, "openai": str(openai_server.model) if openai_server else ""}
     body = json.dumps(wire.triton_generate_body(PROMPT, args.tokens, stream=True, ignore_eos=False))
     files = {
         "bare-grpc": BARE_GRPC.format(model=MODEL, prompt=PROMPT, tokens=args.tokens),
         "bare-sse": BARE_SSE.format(path=wire.triton_generate_path(MODEL, True), body=body, model=MODEL),
     }
+    if openai_server is not None:
+        body = json.dumps(wire.openai_body(wire.OPENAI_COMPLETIONS, models["openai"], PROMPT, None, args.tokens,
+                                           stream=True, ignore_eos=False))  # fmt: skip
+        files["bare-openai"] = BARE_SSE.format(path=wire.openai_path(wire.OPENAI_COMPLETIONS), body=body, model="tiny")
     for name, text in files.items():
         (work / f"{name}.py").write_text(text)
     (work / "prompts.jsonl").write_text(json.dumps({"text": PROMPT}) + "\n")
     llm = ROOT / "scenarios" / "llm.py"
-    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     results: list[Measurement] = []
+    try:
+        run_all(args, clients, work, llm, models, openai_server, results)
+    finally:
+        if openai_server is not None:
+            openai_server.stop()
+    report(args, clients, results)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def start_openai_server(work: Path):
+    """``transformers serve`` (the tests' helper) with a tiny GPT-2 that never ends early, loaded and warm."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from _llm_fixtures import make_tiny_causal_lm
+    from _llm_server import TransformersServe
+
+    model = make_tiny_causal_lm(work / "tiny-gpt2")
+    server = TransformersServe(work)
+    server.load(model)
+    server.model = model
+    return server
+
+
+def run_all(args, clients, work, llm, models, openai_server, results) -> None:
+    from loadtest.serving import EmbeddedTriton
+    from loadtest.serving.ports import free_port
+
     with EmbeddedTriton(build_repository(work / "repository"), pick_free_ports=True, log_file=work / "triton.log") as server:
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; no-op decoupled model on the embedded Triton; "
               f"{args.connections} users, {args.duration} s per client, {args.tokens} tokens per request "
@@ -223,12 +261,12 @@ def main() -> None:
                 profile = args.profile if (args.profile and rnd == 1) else None
                 if profile:
                     profile.mkdir(parents=True, exist_ok=True)
-                host = server.grpc_url if client.endswith("grpc") else server.http_url
+                kind = client.removeprefix("bare-")
+                host = {"grpc": server.grpc_url, "sse": server.http_url}.get(kind) or openai_server.url
                 if client.startswith("bare-"):
                     m = run_locust(client, rnd, work / f"{client}.py", host, [], args, work, profile)
                 else:
-                    api = "triton-grpc" if client == "grpc" else "triton-generate"
-                    extra = ["--api", api, "--models", MODEL, "--dataset", str(work / "prompts.jsonl"),
+                    extra = ["--api", API[kind], "--models", models[kind], "--dataset", str(work / "prompts.jsonl"),
                              "--output-lengths", f"fixed:{args.tokens}", "--warmup-requests", "0",
                              "--records-dir", str(work / "results"), "--triton-metrics-url", "none",
                              "--metrics-port", str(free_port("127.0.0.1"))]  # fmt: skip
@@ -238,6 +276,9 @@ def main() -> None:
                       f"{m.cpu_us_per_request / args.tokens:5.1f} µs CPU/token"
                       f"{f', {m.failures} failures' if m.failures else ''}; load average {os.getloadavg()[0]:.1f}",
                       flush=True)  # fmt: skip
+
+
+def report(args, clients, results) -> None:
     print()
     print("| client | req/s | tokens/s | client CPU per request | per token | vs bare Locust, same protocol |")
     print("|---|---|---|---|---|---|")
@@ -245,7 +286,7 @@ def main() -> None:
         mine = [m for m in results if m.client == client]
         ratios = []
         for m in mine:
-            base = next((b for b in results if b.client == BASELINE.get(client) and b.round == m.round), None)
+            base = next((b for b in results if b.client == BASELINE.get(client, client) and b.round == m.round), None)
             if base is not None:
                 ratios.append(m.cpu_us_per_request / base.cpu_us_per_request)
         ratio = " / ".join(f"{r:.2f}×" for r in ratios) if ratios else "—"
@@ -256,7 +297,6 @@ def main() -> None:
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
     if args.profile:
         print(f"py-spy profiles in {args.profile}")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
