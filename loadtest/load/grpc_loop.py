@@ -96,6 +96,7 @@ class GrpcLoop:
         self.pid = os.getpid()
         self._hub = gevent.get_hub()
         self._answers: deque = deque()  # (waiter, ok, value), appended by the loop thread
+        self._streams_to_wake: list = []  # BidiStreams given responses in this batch (hub only)
         self._watcher = self._hub.loop.async_()
         self._watcher.start(self._wake_waiters)
         self._submissions: deque = deque()  # (channel key or callable, args, waiter), appended by greenlets
@@ -169,13 +170,15 @@ class GrpcLoop:
 
     # -- gevent side ---------------------------------------------------------------------------------
     def _wake_waiters(self) -> None:
-        answers = self._answers
+        answers, streams = self._answers, self._streams_to_wake
         while answers:
             waiter, ok, value = answers.popleft()
             if ok:
                 waiter.switch(value)
             else:
                 waiter.throw(value)
+        while streams:  # after the whole batch: a stream's greenlet takes all its responses in one turn
+            streams.pop().wake()
 
     def post(self, start, args, receiver) -> None:
         """Run ``start(receiver, *args)`` on the loop thread, without waiting; an error it raises goes to
@@ -355,7 +358,7 @@ class BidiStream:
         if self._call is not None:
             self._call.cancel()
 
-    # -- hub: GrpcLoop._wake_waiters hands responses over as to a Waiter --------------------------------
+    # -- hub: GrpcLoop._wake_waiters hands responses over as to a Waiter, then wakes the stream once ----
     def switch(self, value) -> None:
         self._deliver((True, value))
 
@@ -364,6 +367,10 @@ class BidiStream:
 
     def _deliver(self, item) -> None:
         self._inbox.append(item)
+        if len(self._inbox) == 1:
+            self._loop._streams_to_wake.append(self)
+
+    def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -380,7 +387,7 @@ class BidiStream:
         Raises the call's error (``grpc.aio.AioRpcError``), or ``asyncio.CancelledError`` after ``cancel``.
         Waits in this greenlet only (wrap it in ``gevent.Timeout`` for a deadline).
         """
-        if not self._inbox:
+        while not self._inbox:
             from gevent._waiter import Waiter
 
             self._waiter = Waiter(self._loop._hub)
