@@ -53,6 +53,7 @@ class Variant:
     spinning: str = "off"  # ORT worker threads busy-wait: off (our default), on, default (ORT's own: on)
     pytriton: bool = False
     noop: bool = False  # a Python-backend model that answers zeros: the server path's floor
+    body: str = "json"  # wrk's request: KServe v2 JSON, or "binary" (the binary tensor extension, both ways)
 
 
     @classmethod
@@ -60,7 +61,7 @@ class Variant:
         if text in ("pytriton", "noop"):
             return cls(**{text: True})
         values = dict(item.split("=", 1) for item in text.split(",") if item)
-        kwargs = {k: (v if k == "spinning" else int(v)) for k, v in values.items()}
+        kwargs = {k: (v if k in ("spinning", "body") else int(v)) for k, v in values.items()}
         return cls(**kwargs)
 
     @property
@@ -70,7 +71,8 @@ class Variant:
         if self.noop:
             return f"no-op Python-backend model (server floor), delay {self.delay_us} µs"
         threads = self.threads or max(1, (os.cpu_count() or 1) // self.instances)
-        return f"{self.instances} inst x {threads} ORT thr, delay {self.delay_us} µs, spin {self.spinning}"
+        body = ", binary tensors" if self.body == "binary" else ""
+        return f"{self.instances} inst x {threads} ORT thr, delay {self.delay_us} µs, spin {self.spinning}{body}"
 
 
 @dataclass
@@ -257,18 +259,37 @@ def scrape(metrics_url: str, model: str) -> dict[str, float]:
     return values
 
 
-def wrk_body(repository: Path, model: str, tokens: int) -> str:
+def wrk_body(repository: Path, model: str, tokens: int, body: str = "json") -> tuple[bytes, int | None]:
+    """The request body, and for binary tensors the length of its JSON header (Inference-Header-Content-Length).
+
+    Binary: tritonclient's own request builder (``generate_request_body``), inputs and the outputs as raw
+    bytes after a JSON header, as tritonclient and our load generator send them by default.
+    """
     data = feeds(input_names(repository, model), 1, tokens)
-    return json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
-                                  for n, a in data.items()]})
+    if body != "binary":
+        return json.dumps({"inputs": [{"name": n, "shape": list(a.shape), "datatype": "INT64", "data": a.ravel().tolist()}
+                                      for n, a in data.items()]}).encode(), None
+    import tritonclient.http as httpclient
+    from loadtest.repository import ModelRepository
+
+    inputs = []
+    for name, array in data.items():
+        tensor = httpclient.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array, binary_data=True)
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput(o.name, binary_data=True) for o in ModelRepository(repository).read_config(model).output]
+    request, header_length = httpclient.InferenceServerClient.generate_request_body(inputs, outputs=outputs)
+    return request, header_length
 
 
-def run_wrk(url: str, body_file: Path, connections: int, seconds: float) -> tuple[float, int]:
+def run_wrk(url: str, body_file: Path, connections: int, seconds: float, header_length: int | None = None) -> tuple[float, int]:
     """(requests/s, non-2xx responses + socket errors)."""
     script = body_file.with_suffix(".lua")
+    header = ("application/octet-stream" if header_length is not None else "application/json")
+    extra = f'wrk.headers["Inference-Header-Content-Length"] = "{header_length}"\n' if header_length is not None else ""
     script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f'local f = io.open("{body_file}", "r")\nwrk.body = f:read("*a")\nf:close()\n'
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{header}"\n{extra}'
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
     )
     command = ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds:.0f}s", "-s", str(script), url]
     output = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=True).stdout
@@ -281,15 +302,16 @@ def run_wrk(url: str, body_file: Path, connections: int, seconds: float) -> tupl
 
 
 def measure_served(server: Server, repository: Path, model: str, args, work: Path) -> tuple[float, float, dict, dict, int]:
-    body = work / f"{model}.json"
-    body.write_text(wrk_body(repository, model, args.tokens))
+    body = work / f"{model}-{server.variant.body}.body"
+    content, header_length = wrk_body(repository, model, args.tokens, server.variant.body)
+    body.write_bytes(content)
     url = f"{server.http_url}/v2/models/{model}/infer"
-    run_wrk(url, body, args.connections, args.warmup)  # warm-up: sessions, connections, batcher
+    run_wrk(url, body, args.connections, args.warmup, header_length)  # warm-up: sessions, connections, batcher
     groups = server.processes()
     before_metrics = scrape(server.metrics_url, model)
     before_cpu = {name: cpu_seconds(procs) for name, procs in groups.items()}
     before_children = resource_children()
-    rps, errors = run_wrk(url, body, args.connections, args.seconds)  # its CPU: RUSAGE_CHILDREN delta
+    rps, errors = run_wrk(url, body, args.connections, args.seconds, header_length)  # its CPU: RUSAGE_CHILDREN delta
     after_children = resource_children()
     after_cpu = {name: cpu_seconds(procs) for name, procs in groups.items()}
     after = scrape(server.metrics_url, model)

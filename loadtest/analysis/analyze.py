@@ -209,6 +209,21 @@ def _reference(run: RunData, model: str, latency: pd.DataFrame, stage: str, desc
     return Reference(model, stage, desc, _sorted_latencies(run, model, parts), basis), row
 
 
+def _with_host_notes(steps: list[StepResult], manifest: dict) -> list[StepResult]:
+    """A sweep measured who else used the machine during each step (loadtest.load.host_cpu): keep it with the step."""
+    from dataclasses import replace
+
+    seen = {}
+    for summary in ((manifest.get("sweep") or {}).get("results") or {}).values():
+        for row in (summary or {}).get("step_results") or []:
+            if isinstance(row, dict) and row.get("others_share") is not None:
+                seen[(row.get("model"), row.get("stage"))] = (row["others_share"], row.get("host_note") or "")
+    if not seen:
+        return steps
+    return [replace(s, others_share=seen[(s.model, s.stage)][0], host_note=seen[(s.model, s.stage)][1])
+            if (s.model, s.stage) in seen else s for s in steps]
+
+
 def _at_budget_step(steps: list[StepResult], model: str, cap: Capacity | None) -> StepResult | None:
     if cap is None or not cap.known:
         return None
@@ -309,7 +324,7 @@ def compute(
     gpu = sm.has_gpu_metrics(snaps)
 
     latency = latency_table(run, snaps, pct)
-    steps = run_steps(run, rules, pct)
+    steps = _with_host_notes(run_steps(run, rules, pct), run.manifest)
     is_sweep = str(run.manifest.get("kind", "")) == "sweep" or bool(run.manifest.get("sweep"))
     capacity = {m: capacity_at_budget(steps, m, budget, pct) for m in run.models}
     references: dict[str, Reference] = {}

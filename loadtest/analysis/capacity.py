@@ -86,6 +86,10 @@ class StepResult:
     drifting: bool = False  # the windows' percentile rises window after window (see _drifting)
     counted: bool = False
     reasons: list[StepReason] = field(default_factory=list)  # why it does not count
+    # share of the machine's CPU that other processes took while the step ran (loadtest.load.host_cpu);
+    # None when not measured (no /proc, or a step judged from records alone)
+    others_share: float | None = None
+    host_note: str = ""
 
     @property
     def load(self) -> float:

@@ -133,6 +133,13 @@ def sweep(
         help="Measure a failing step that kept up with its load once more; it fails only if it fails again. Costs a "
              "step per failure; keeps a busy host's stall from deciding the answer (the demo turns it on).",
     ),
+    host_busy_share: float = typer.Option(
+        0.1, "--host-busy-share",
+        help="Each step waits (up to --host-quiet-wait) until processes other than the load generator and a local "
+             "server take less than this share of the machine's CPU; a failing step they disturbed that much is "
+             "measured again. 1 turns it off.",
+    ),
+    host_quiet_wait: float = typer.Option(30.0, "--host-quiet-wait", help="Longest wait (s) for a quiet host before a step."),
     arrival: str = typer.Option("constant", "--arrival", help="Open loop: constant or poisson inter-arrival times."),
     protocol: str | None = typer.Option(None, "--protocol", help="auto, http or grpc (default: from --host)."),
     lengths: str | None = typer.Option(None, "--lengths", help="Synthetic lengths (fixed:N, uniform:MIN:MAX, ...)."),
@@ -209,6 +216,8 @@ def sweep(
                         unit="req/s per model" if mode == "open" else "users")  # fmt: skip
     bounds.check_number("--step-duration", duration, 0, bounds.MAX_RUN_TIME_S, low_open=True, unit="s")
     bounds.check_number("--warmup", warmup, 0, bounds.MAX_RUN_TIME_S, unit="s")
+    bounds.check_number("--host-quiet-wait", host_quiet_wait, 0, bounds.MAX_RUN_TIME_S, unit="s")
+    bounds.check_number("--host-busy-share", host_busy_share, 0, 1, low_open=True)
     bounds.check_number("--batch-size", batch_size, 1, bounds.MAX_BATCH_SIZE)
     bounds.check_processes("--processes", processes)
     bounds.check_writable_dir("--results-dir", results_dir)
@@ -218,7 +227,7 @@ def sweep(
         settings = SweepSettings(
             budget_ms=budget_ms, percentile=percentile, mode=mode, start=start, growth=growth, max_load=max_load,
             tolerance=tolerance, max_steps=max_steps, warmup_s=warmup, duration_s=duration, arrival=arrival,
-            confirm_failures=confirm_failures,
+            confirm_failures=confirm_failures, host_busy_share=host_busy_share, host_quiet_wait_s=host_quiet_wait,
             rules=StepRules(min_requests=min_requests, max_error_rate=max_error_rate,
                             stability_windows=stability_windows, stability_threshold=stability_threshold,
                             min_duration_s=min(5.0, duration)),

@@ -184,15 +184,27 @@ def cost_view(a: "Analysis") -> View:
 def steps_view(a: "Analysis") -> View:
     headers = ["Model", "Step", "Load", "Achieved QPS", f"P{a.percentile:g} ms [95 % CI]", "Errors", "Counts",
                "Within budget", "Why not"]
+    host = any(s.others_share is not None for s in a.steps)
+    if host:
+        headers.insert(-1, "Others' CPU")
     rows, styles = [], []
     for s in a.steps:
         load = f"{s.offered_rate:g}/s" if s.offered_rate else (f"{s.users} users" if s.users else fmt.MISSING)
         within = s.within(a.budget_ms)
-        rows.append([s.model, s.stage, load, fmt.num(s.achieved_qps),
-                     f"{fmt.ms(s.latency_ms)} {fmt.ci(s.ci_low_ms, s.ci_high_ms)}", fmt.rate(s.error_rate),
-                     "yes" if s.counted else "no", "yes" if within else "no", s.why_not_within(a.budget_ms)])
-        styles.append(["", "", "", "", "", "", "" if s.counted else "muted", "good" if within else "bad", "muted"])
-    return View("steps", "Steps", headers, rows, "Each stage of each model, judged by the step rules above.", styles)
+        row = [s.model, s.stage, load, fmt.num(s.achieved_qps),
+               f"{fmt.ms(s.latency_ms)} {fmt.ci(s.ci_low_ms, s.ci_high_ms)}", fmt.rate(s.error_rate),
+               "yes" if s.counted else "no", "yes" if within else "no", s.why_not_within(a.budget_ms)]
+        style = ["", "", "", "", "", "", "" if s.counted else "muted", "good" if within else "bad", "muted"]
+        if host:
+            row.insert(-1, fmt.rate(s.others_share) if s.others_share is not None else fmt.MISSING)
+            style.insert(-1, "muted")
+        rows.append(row)
+        styles.append(style)
+    caption = "Each stage of each model, judged by the step rules above."
+    if host:
+        caption += (" Others' CPU: the share of this machine's CPU that processes other than the load generator and a "
+                    "local server took during the step (a failing step above the sweep's --host-busy-share was measured again).")
+    return View("steps", "Steps", headers, rows, caption, styles)
 
 
 def significance_line(a: "Analysis") -> str:

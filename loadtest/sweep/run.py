@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from loadtest.analysis.capacity import StepResult
 from loadtest.sweep.merge import merge_step
-from loadtest.sweep.search import SearchResult, SweepSettings, passes, search
+from loadtest.sweep.host import quiet_host_monitor, wait_for_quiet_host
+from loadtest.sweep.search import SearchResult, SweepSettings, disturbed, passes, search
 from loadtest.sweep.steps import SweepTarget, judge_step, run_step
 
 
@@ -53,6 +54,7 @@ def run_sweep(
     }
     rundir.write_manifest(base)
     results: dict[str, SearchResult] = {}
+    monitor = quiet_host_monitor(target.host, target.protocol)
     for model in models:
         counter = {"i": 0}
 
@@ -60,9 +62,14 @@ def run_sweep(
             counter["i"] += 1
             step_s = settings.warmup_s + settings.step_duration(load)
             unit = "req/s" if settings.mode == "open" else "users"
+            key = f"{model}-{counter['i']}"
+            if monitor is not None:
+                wait_for_quiet_host(monitor, settings, lambda line: console.print(f"  [dim]{line}[/]"))
+                monitor.begin_window(key)
             with _Ticker(console, f"{model} step {counter['i']}: {load:g} {unit}", step_s + 4):
                 step_dir, label, _ = run_step(sweep_dir, target, settings, model, counter["i"], load,
                                               on_drain=lambda line: console.print(f"  [dim]{line}[/]"))
+            host = monitor.end_window(key) if monitor is not None else None
             stage = merge_step(sweep_dir, step_dir, label, model, settings)
             step_manifest = stage.pop("_manifest")
             manifest = rundir.read_manifest()
@@ -75,7 +82,10 @@ def run_sweep(
             manifest.setdefault("settings", step_manifest.get("settings"))  # the repository: the analyzer's footprint
             _keep_peak_memory(manifest, step_manifest.get("serving_footprint"))
             rundir.write_manifest(manifest)
-            return judge_step(step_dir, label, model, settings, load)
+            step = judge_step(step_dir, label, model, settings, load)
+            if host is not None:
+                step = replace(step, others_share=round(host.others_share, 4), host_note=host.describe())
+            return step
 
         result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r, settings))
         results[model] = result
@@ -128,6 +138,8 @@ def _print_step(console, step: StepResult, result: SearchResult, settings: Sweep
     ci = (f" [{step.ci_low_ms:.3g}, {step.ci_high_ms:.3g}]"
           if math.isfinite(step.ci_low_ms) and math.isfinite(step.ci_high_ms) else "")
     why_text = step.why_not_within(settings.budget_ms)
+    if disturbed(step, settings):
+        why_text = "; ".join(t for t in (why_text, f"host busy: {step.host_note}") if t)
     why = f" [dim]({why_text})[/]" if why_text else ""
     interval = ""
     if result.best is not None:

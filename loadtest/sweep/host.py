@@ -1,0 +1,49 @@
+"""Steps start on a quiet host: wait (bounded) until other processes leave the machine to the test.
+
+The queue drain (``drain``) makes a step independent of the step before it on the server; this makes it
+independent of whatever else the machine is running. Both matter most on the shared, small hosts where
+staging tests often run: on the demo's two cores one neighbour's test suite takes half the machine. The
+wait is bounded (``host_quiet_wait_s``): a host that never quietens is measured anyway, and each step
+records what the neighbours took (``StepResult.others_share``), so a disturbed failure is measured again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from loadtest.load.host_cpu import HostCpuMonitor
+from loadtest.sweep.search import SweepSettings
+
+SAMPLE_S = 1.0
+
+
+def quiet_host_monitor(host: str, protocol: str | None) -> HostCpuMonitor | None:
+    """A CPU monitor for the target (its server counted apart when local); None where /proc is missing."""
+    from loadtest.endpoint import parse_endpoint
+
+    if not HostCpuMonitor.available():
+        return None
+    endpoint = parse_endpoint(host, protocol or "auto")
+    return HostCpuMonitor(endpoint.host, endpoint.port)
+
+
+def wait_for_quiet_host(monitor: HostCpuMonitor, settings: SweepSettings,
+                        on_line: Callable[[str], None] | None = None) -> float:
+    """Sample the host until others take less than ``host_busy_share`` of it, up to the wait; seconds waited."""
+    started = time.monotonic()
+    told = False
+    while True:
+        share = monitor.sample(SAMPLE_S)
+        waited = time.monotonic() - started
+        if share.others_share < settings.host_busy_share:
+            if told and on_line:
+                on_line(f"host quiet after {waited:.0f} s")
+            return waited
+        if waited >= settings.host_quiet_wait_s:
+            if on_line:
+                on_line(f"host still busy after {waited:.0f} s ({share.describe()}): measuring anyway")
+            return waited
+        if not told and on_line:
+            on_line(f"host busy ({share.describe()}): waiting up to {settings.host_quiet_wait_s:g} s before the step")
+            told = True
