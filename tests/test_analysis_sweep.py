@@ -272,8 +272,12 @@ def test_real_sweep_writes_a_run_directory_analyze_reproduces(triton_server, tmp
             again = mine[step.stage]
             assert again.successes == step.successes and again.counted == step.counted
             assert again.latency_ms == pytest.approx(step.latency_ms)
+            # who else used the machine, and its speed, measured by the sweep and kept by the analyzer
+            assert step.others_share is not None and again.others_share == step.others_share
+            assert step.host_speed is not None and again.host_speed == step.host_speed
         if result.best is not None:
             assert analysis.capacity[model].qps_at_budget == pytest.approx(result.best.achieved_qps)
+    assert next(iter(outcome.results.values())).steps[0].host_speed == 1.0  # the sweep's first step is the reference
     latency = pd.read_csv(run_dir / "tables" / "latency.csv")
     assert latency["server_queue_ms"].notna().all()  # every step bracketed by its own snapshots
     comparison = analysis.comparison.set_index("metric")

@@ -179,6 +179,10 @@ CASES = [
     ("sweep-budget-nan", ["sweep", "--host", HOST, "--budget-ms", "nan", "--repository", "{repo}"], "--budget-ms"),
     ("sweep-max-load-1e9", ["sweep", "--host", HOST, "--budget-ms", "50", "--max-load", "1e9",
                             "--repository", "{repo}"], "--max-load"),  # fmt: skip
+    ("sweep-host-busy-share-2", ["sweep", "--host", HOST, "--budget-ms", "50", "--host-busy-share", "2",
+                                 "--repository", "{repo}"], "--host-busy-share"),
+    ("sweep-host-quiet-wait-negative", ["sweep", "--host", HOST, "--budget-ms", "50", "--host-quiet-wait", "-1",
+                                        "--repository", "{repo}"], "--host-quiet-wait"),
     ("sweep-host-port", ["sweep", "--host", "http://127.0.0.1:123456", "--budget-ms", "50", "--repository", "{repo}"],
      "invalid port"),  # fmt: skip
     ("sweep-binary-loadtest-json", ["sweep", "--host", HOST, "--budget-ms", "50", "--repository",

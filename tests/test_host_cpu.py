@@ -96,9 +96,10 @@ def test_a_step_waits_for_a_busy_host_then_starts(tmp_path):
     done, lines = tmp_path / "done", []
     _detached(BURN.format(cpu=2.5), done)
     time.sleep(0.3)
-    waited = wait_for_quiet_host(HostCpuMonitor(), settings, lines.append)
+    waited, speed = wait_for_quiet_host(HostCpuMonitor(), settings, lines.append)
     assert done.exists()  # it waited for the neighbour to finish
     assert waited >= 1.0 and lines and lines[0].startswith("host busy")
+    assert speed > 0  # the wait's windows ran the speed probe
 
 
 def test_the_wait_is_bounded(tmp_path):
@@ -109,3 +110,10 @@ def test_the_wait_is_bounded(tmp_path):
     wait_for_quiet_host(HostCpuMonitor(), settings, lines.append)
     assert not done.exists() and "measuring anyway" in lines[-1]
     _wait_for(done)
+
+
+def test_the_speed_probe_is_the_load_generators_cpu_not_a_neighbours():
+    """The quiet-host windows run the probe: its CPU must land on our side, or every wait would see a busy host."""
+    share, speed = HostCpuMonitor().sample_with_speed(0.5)
+    assert speed > 0
+    assert share.ours_cores * share.wall_s >= 0.3  # the probe's own CPU (a single thread busy for 0.5 s)

@@ -210,18 +210,20 @@ def _reference(run: RunData, model: str, latency: pd.DataFrame, stage: str, desc
 
 
 def _with_host_notes(steps: list[StepResult], manifest: dict) -> list[StepResult]:
-    """A sweep measured who else used the machine during each step (loadtest.load.host_cpu): keep it with the step."""
+    """A sweep measured who else used the machine during each step, and its speed before it: keep them with the step."""
     from dataclasses import replace
 
     seen = {}
     for summary in ((manifest.get("sweep") or {}).get("results") or {}).values():
         for row in (summary or {}).get("step_results") or []:
             if isinstance(row, dict) and row.get("others_share") is not None:
-                seen[(row.get("model"), row.get("stage"))] = (row["others_share"], row.get("host_note") or "")
+                seen[(row.get("model"), row.get("stage"))] = {
+                    "others_share": row["others_share"], "host_note": row.get("host_note") or "",
+                    "host_speed": row.get("host_speed"),
+                }
     if not seen:
         return steps
-    return [replace(s, others_share=seen[(s.model, s.stage)][0], host_note=seen[(s.model, s.stage)][1])
-            if (s.model, s.stage) in seen else s for s in steps]
+    return [replace(s, **seen[(s.model, s.stage)]) if (s.model, s.stage) in seen else s for s in steps]
 
 
 def _at_budget_step(steps: list[StepResult], model: str, cap: Capacity | None) -> StepResult | None:

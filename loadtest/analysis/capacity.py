@@ -90,6 +90,8 @@ class StepResult:
     # None when not measured (no /proc, or a step judged from records alone)
     others_share: float | None = None
     host_note: str = ""
+    # the machine's speed just before the step, relative to the sweep's first step (loadtest.load.host_cpu.speed_probe)
+    host_speed: float | None = None
 
     @property
     def load(self) -> float:

@@ -186,7 +186,7 @@ def steps_view(a: "Analysis") -> View:
                "Within budget", "Why not"]
     host = any(s.others_share is not None for s in a.steps)
     if host:
-        headers.insert(-1, "Others' CPU")
+        headers[-1:-1] = ["Others' CPU", "Machine speed"]
     rows, styles = [], []
     for s in a.steps:
         load = f"{s.offered_rate:g}/s" if s.offered_rate else (f"{s.users} users" if s.users else fmt.MISSING)
@@ -196,14 +196,17 @@ def steps_view(a: "Analysis") -> View:
                "yes" if s.counted else "no", "yes" if within else "no", s.why_not_within(a.budget_ms)]
         style = ["", "", "", "", "", "", "" if s.counted else "muted", "good" if within else "bad", "muted"]
         if host:
-            row.insert(-1, fmt.rate(s.others_share) if s.others_share is not None else fmt.MISSING)
-            style.insert(-1, "muted")
+            row[-1:-1] = [fmt.rate(s.others_share) if s.others_share is not None else fmt.MISSING,
+                          f"{s.host_speed:.2f}×" if s.host_speed is not None else fmt.MISSING]
+            style[-1:-1] = ["muted", "muted" if s.host_speed is None or abs(s.host_speed - 1) < 0.1 else "bad"]
         rows.append(row)
         styles.append(style)
     caption = "Each stage of each model, judged by the step rules above."
     if host:
         caption += (" Others' CPU: the share of this machine's CPU that processes other than the load generator and a "
-                    "local server took during the step (a failing step above the sweep's --host-busy-share was measured again).")
+                    "local server took during the step (a failing step above the sweep's --host-busy-share was measured again). "
+                    "Machine speed: a fixed single-threaded workload's speed just before the step, relative to the "
+                    "sweep's first step; a virtual machine can slow down with nothing visible in its own CPU figures.")
     return View("steps", "Steps", headers, rows, caption, styles)
 
 

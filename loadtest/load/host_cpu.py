@@ -100,6 +100,14 @@ class HostCpuMonitor:
         time.sleep(seconds)
         return self.end_window(key)
 
+    def sample_with_speed(self, seconds: float) -> tuple[HostShare, float]:
+        """A window of ``seconds`` spent running ``speed_probe``: how busy the neighbours are, and how fast we are."""
+        key = f"_probe-{time.monotonic()}"
+        self.begin_window(key)
+        speed = speed_probe(seconds)
+        return self.end_window(key), speed
+
+
     def _read(self) -> _Reading:
         busy, steal = _machine_seconds()
         tree = _children()
@@ -114,6 +122,24 @@ class HostCpuMonitor:
         # live descendants (a Locust process still running); an embedded server we started is the server's
         ours += sum(_seconds(p) for p in _descendants(os.getpid(), tree) if p not in server_tree)
         return _Reading(time.monotonic(), busy, steal, ours, server)
+
+
+def speed_probe(seconds: float) -> float:
+    """Rounds per second of a fixed single-threaded CPU workload: this machine's speed now, in its own units.
+
+    Why: a virtual machine's speed can move by a fifth over tens of seconds with nothing visible in /proc
+    (the hypervisor's other tenants; benchmarks/served_drift.py). Comparing the probe before each step with
+    the sweep's first one says whether a step ran on a slower machine. Pure Python on purpose: no thread
+    pool or library dispatch between the clock and the work.
+    """
+    rounds, end = 0, time.perf_counter() + seconds
+    started = time.perf_counter()
+    while time.perf_counter() < end:
+        total = 0
+        for i in range(2000):
+            total += i * i
+        rounds += 1
+    return rounds / max(time.perf_counter() - started, 1e-9)
 
 
 def _machine_seconds() -> tuple[float, float]:

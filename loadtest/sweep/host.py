@@ -1,5 +1,8 @@
 """Steps start on a quiet host: wait (bounded) until other processes leave the machine to the test.
 
+The wait's sampling windows run ``speed_probe``, so each step also gets the machine's speed just before it
+(relative to the sweep's first step: ``StepResult.host_speed``), at no extra time.
+
 The queue drain (``drain``) makes a step independent of the step before it on the server; this makes it
 independent of whatever else the machine is running. Both matter most on the shared, small hosts where
 staging tests often run: on the demo's two cores one neighbour's test suite takes half the machine. The
@@ -29,21 +32,24 @@ def quiet_host_monitor(host: str, protocol: str | None) -> HostCpuMonitor | None
 
 
 def wait_for_quiet_host(monitor: HostCpuMonitor, settings: SweepSettings,
-                        on_line: Callable[[str], None] | None = None) -> float:
-    """Sample the host until others take less than ``host_busy_share`` of it, up to the wait; seconds waited."""
+                        on_line: Callable[[str], None] | None = None) -> tuple[float, float]:
+    """Sample the host until others take less than ``host_busy_share`` of it, up to the wait.
+
+    Returns (seconds waited, the speed probe's figure in the last window).
+    """
     started = time.monotonic()
     told = False
     while True:
-        share = monitor.sample(SAMPLE_S)
+        share, speed = monitor.sample_with_speed(SAMPLE_S)
         waited = time.monotonic() - started
         if share.others_share < settings.host_busy_share:
             if told and on_line:
                 on_line(f"host quiet after {waited:.0f} s")
-            return waited
+            return waited, speed
         if waited >= settings.host_quiet_wait_s:
             if on_line:
                 on_line(f"host still busy after {waited:.0f} s ({share.describe()}): measuring anyway")
-            return waited
+            return waited, speed
         if not told and on_line:
             on_line(f"host busy ({share.describe()}): waiting up to {settings.host_quiet_wait_s:g} s before the step")
             told = True

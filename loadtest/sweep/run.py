@@ -55,6 +55,7 @@ def run_sweep(
     rundir.write_manifest(base)
     results: dict[str, SearchResult] = {}
     monitor = quiet_host_monitor(target.host, target.protocol)
+    first_speed: list[float] = []  # the speed probe before the sweep's first step: the reference
     for model in models:
         counter = {"i": 0}
 
@@ -63,8 +64,11 @@ def run_sweep(
             step_s = settings.warmup_s + settings.step_duration(load)
             unit = "req/s" if settings.mode == "open" else "users"
             key = f"{model}-{counter['i']}"
+            speed = None
             if monitor is not None:
-                wait_for_quiet_host(monitor, settings, lambda line: console.print(f"  [dim]{line}[/]"))
+                _, probe = wait_for_quiet_host(monitor, settings, lambda line: console.print(f"  [dim]{line}[/]"))
+                first_speed[:] = first_speed or [probe]
+                speed = probe / first_speed[0]
                 monitor.begin_window(key)
             with _Ticker(console, f"{model} step {counter['i']}: {load:g} {unit}", step_s + 4):
                 step_dir, label, _ = run_step(sweep_dir, target, settings, model, counter["i"], load,
@@ -84,7 +88,8 @@ def run_sweep(
             rundir.write_manifest(manifest)
             step = judge_step(step_dir, label, model, settings, load)
             if host is not None:
-                step = replace(step, others_share=round(host.others_share, 4), host_note=host.describe())
+                step = replace(step, others_share=round(host.others_share, 4), host_note=host.describe(),
+                               host_speed=round(speed, 3) if speed else None)
             return step
 
         result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r, settings))
@@ -95,6 +100,9 @@ def run_sweep(
         console.print(_result_line(result, settings))
     rundir.update_manifest(end=time.time())
     return SweepOutcome(sweep_dir, results)
+
+
+SPEED_NOTE = 0.1  # a step line names the machine's speed when it differs from the first step's by this much
 
 
 def _keep_peak_memory(manifest: dict, step_footprint) -> None:
@@ -140,6 +148,8 @@ def _print_step(console, step: StepResult, result: SearchResult, settings: Sweep
     why_text = step.why_not_within(settings.budget_ms)
     if disturbed(step, settings):
         why_text = "; ".join(t for t in (why_text, f"host busy: {step.host_note}") if t)
+    if step.host_speed is not None and abs(step.host_speed - 1) >= SPEED_NOTE:
+        why_text = "; ".join(t for t in (why_text, f"machine at {step.host_speed:.2f}× its speed at the first step") if t)
     why = f" [dim]({why_text})[/]" if why_text else ""
     interval = ""
     if result.best is not None:
