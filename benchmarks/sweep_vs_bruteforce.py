@@ -132,7 +132,7 @@ def main() -> None:
         monitor = quiet_host_monitor(host, None)  # grid steps start on a quiet host too, as the sweep's do
         for i, load in enumerate(order, 1):
             if monitor is not None:
-                wait_for_quiet_host(monitor, settings, console.print)
+                wait_for_quiet_host(monitor, settings.host_busy_share, settings.host_quiet_wait_s, console.print)
                 monitor.begin_window("grid")
             step_dir, label, _ = run_step(brute_dir, target, settings, args.model, i, load)
             step = judge_step(step_dir, label, args.model, settings, load)

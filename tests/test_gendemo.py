@@ -31,6 +31,9 @@ def test_quick_generative_demo_end_to_end(gen_pair, tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     results = manifest["sweep"]["results"]
     assert set(results) == {"teacher", "student"} and all(r["steps"] for r in results.values())
+    steps = [step for r in results.values() for step in r["steps"]]  # each step saw the host (loadtest.sweep.host)
+    assert all(step["others_share"] is not None and step["host_speed"] > 0 for step in steps)
+    assert steps[0]["host_speed"] == 1.0
     assert (run_dir / "report.html").is_file() and (run_dir / "tables" / "capacity_verdict.txt").is_file()
     assert (run_dir / "tables" / "capacity_verdict.txt").read_text().startswith("Verdict:")
     summary = json.loads((run_dir / "quality" / "summary.json").read_text())

@@ -96,7 +96,7 @@ def test_a_step_waits_for_a_busy_host_then_starts(tmp_path):
     done, lines = tmp_path / "done", []
     _detached(BURN.format(cpu=2.5), done)
     time.sleep(0.3)
-    waited, speed = wait_for_quiet_host(HostCpuMonitor(), settings, lines.append)
+    waited, speed = wait_for_quiet_host(HostCpuMonitor(), settings.host_busy_share, settings.host_quiet_wait_s, lines.append)
     assert done.exists()  # it waited for the neighbour to finish
     assert waited >= 1.0 and lines and lines[0].startswith("host busy")
     assert speed > 0  # the wait's windows ran the speed probe
@@ -107,7 +107,7 @@ def test_the_wait_is_bounded(tmp_path):
     done, lines = tmp_path / "done", []
     _detached(BURN.format(cpu=3.0), done)
     time.sleep(0.3)
-    wait_for_quiet_host(HostCpuMonitor(), settings, lines.append)
+    wait_for_quiet_host(HostCpuMonitor(), settings.host_busy_share, settings.host_quiet_wait_s, lines.append)
     assert not done.exists() and "measuring anyway" in lines[-1]
     _wait_for(done)
 

@@ -46,6 +46,10 @@ class GenerativeSweepSettings:
     # Start each model after the first at the previous model's highest passing rate: a student is expected near
     # or above its teacher, so its search spends its steps bracketing instead of climbing from a low start.
     chain_start: bool = False
+    # each step first waits (up to host_quiet_wait_s) until other processes take under host_busy_share of this
+    # machine's CPU, and records what they took and the machine's speed (loadtest.sweep.host)
+    host_busy_share: float = 0.1
+    host_quiet_wait_s: float = 30.0
 
     def validate(self) -> None:
         checks = [
@@ -76,6 +80,8 @@ class Step:
     figures: WindowFigures | None
     passed: bool
     reasons: list[str]
+    others_share: float | None = None  # share of the machine other processes took during the step
+    host_speed: float | None = None  # the machine's speed before the step, relative to the sweep's first step
 
 
 @dataclass
@@ -242,6 +248,7 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
     """Sweep every model in turn with the same settings; write the sweep's run directory."""
     from rich.console import Console
 
+    from loadtest.sweep.host import quiet_host_monitor, wait_for_quiet_host
     from loadtest.sweep.run import _Ticker
     from loadtest.rundir import RunDir, create_run_dir
 
@@ -261,6 +268,8 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
     })  # fmt: skip
     results: dict[str, GenerativeSearch] = {}
     previous: GenerativeSearch | None = None
+    monitor = quiet_host_monitor(target.host, None)
+    first_speed: list[float] = []
     for model in models:
         counter = {"i": 0}
         start = settings.start
@@ -271,8 +280,16 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
         def measure(rate: float, model: str = model) -> Step:
             counter["i"] += 1
             expected = settings.warmup_s + settings.step_duration(rate) + 6
+            speed = None
+            if monitor is not None:
+                _, probe = wait_for_quiet_host(monitor, settings.host_busy_share, settings.host_quiet_wait_s,
+                                               lambda line: console.print(f"  [dim]{line}[/]"))
+                first_speed[:] = first_speed or [probe]
+                speed = probe / first_speed[0]
+                monitor.begin_window("step")
             with _Ticker(console, f"{model} step {counter['i']}: {rate:g} req/s", expected):
                 step_dir, label = run_step(sweep_dir, target, settings, model, counter["i"], rate)
+            others = monitor.end_window("step").others_share if monitor is not None else None
             frame = merge_step(sweep_dir, step_dir, label)
             step_manifest = RunDir(step_dir).read_manifest()
             measured = next((s for s in step_manifest.get("stages", []) if s.get("name") == label), {})
@@ -281,7 +298,10 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
                                        "end": measured.get("end"), "offered_rate": rate, "loop": "open"})  # fmt: skip
             manifest.setdefault("versions", step_manifest.get("versions"))
             rundir.write_manifest(manifest)
-            return judge(frame, model, label, rate, settings)
+            step = judge(frame, model, label, rate, settings)
+            step.others_share = round(others, 4) if others is not None else None
+            step.host_speed = round(speed, 3) if speed else None
+            return step
 
         result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r), start=start)
         results[model] = result
@@ -293,8 +313,8 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
             "resolution_pct": result.resolution * 100 if result.resolution is not None else None,
             "requests_per_s": result.best.figures.requests_per_s if result.best else None,
             "output_tokens_per_s": result.best.figures.output_tokens_per_s if result.best else None,
-            "steps": [{"label": s.label, "rate": s.rate, "passed": s.passed, "reasons": "; ".join(s.reasons)}
-                      for s in result.steps],
+            "steps": [{"label": s.label, "rate": s.rate, "passed": s.passed, "reasons": "; ".join(s.reasons),
+                       "others_share": s.others_share, "host_speed": s.host_speed} for s in result.steps],
             "stopped": result.stopped,
         }  # fmt: skip
         rundir.write_manifest(manifest)
@@ -320,7 +340,12 @@ def _print_step(console, step: Step, result: GenerativeSearch) -> None:
     figures = (f"{f.requests_per_s:.3g} req/s, P95 TTFT {f.p('ttft', 95) * 1000:.4g} ms, P95 ITL "
                f"{f.p('itl', 95) * 1000:.4g} ms, errors {f.error_rate:.1%}") if f else "no figures"  # fmt: skip
     mark = "[green]pass[/]" if step.passed else "[red]fail[/]"
-    why = f" [dim]({'; '.join(step.reasons)})[/]" if step.reasons else ""
+    notes = list(step.reasons)
+    if step.others_share is not None and step.others_share >= 0.1:
+        notes.append(f"others took {step.others_share:.0%} of the machine")
+    if step.host_speed is not None and abs(step.host_speed - 1) >= 0.1:
+        notes.append(f"machine at {step.host_speed:.2f}× its speed at the first step")
+    why = f" [dim]({'; '.join(notes)})[/]" if notes else ""
     interval = ""
     if result.best is not None:
         interval = f"  interval [{result.best.rate:g}, {result.failing_rate if result.failing_rate else '…'}]"

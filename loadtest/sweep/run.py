@@ -66,7 +66,8 @@ def run_sweep(
             key = f"{model}-{counter['i']}"
             speed = None
             if monitor is not None:
-                _, probe = wait_for_quiet_host(monitor, settings, lambda line: console.print(f"  [dim]{line}[/]"))
+                _, probe = wait_for_quiet_host(monitor, settings.host_busy_share, settings.host_quiet_wait_s,
+                                               lambda line: console.print(f"  [dim]{line}[/]"))
                 first_speed[:] = first_speed or [probe]
                 speed = probe / first_speed[0]
                 monitor.begin_window(key)
