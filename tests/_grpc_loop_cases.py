@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2  # noqa: E402
 from loadtest.credentials import Credentials  # noqa: E402
 from loadtest.endpoint import Endpoint  # noqa: E402
 from loadtest.load.grpc_loop import grpc_loop  # noqa: E402
+from _grpc_servers import RecordedEvents, serve_on_loop  # noqa: E402
 from loadtest.load.triton_client import MODEL_INFER, TritonClient, prepare_request  # noqa: E402
 from loadtest.load.payloads import Payload  # noqa: E402
 from loadtest.modelspec import ModelSpec  # noqa: E402
@@ -53,34 +54,10 @@ async def _model_infer(request_bytes: bytes, context) -> bytes:
 
 @pytest.fixture(scope="module")
 def server_port():
-    loop = grpc_loop()
-
-    async def start():
-        import grpc.aio
-
-        server = grpc.aio.server()
-        handler = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelInfer": grpc.unary_unary_rpc_method_handler(_model_infer)}
-        )
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = loop.run(start)
-    yield port
-    loop.run(server.stop, None)
+    yield from serve_on_loop({"ModelInfer": grpc.unary_unary_rpc_method_handler(_model_infer)})
 
 
-class _Events:
-    def __init__(self):
-        self.fired = []
-
-    def fire(self, **kwargs):
-        self.fired.append(kwargs)
-
-
-def _client(port: int, events: _Events, **kwargs) -> TritonClient:
+def _client(port: int, events: RecordedEvents, **kwargs) -> TritonClient:
     return TritonClient(Endpoint("grpc", "127.0.0.1", port), events, scenario="test", worker="w", **kwargs)
 
 
@@ -93,7 +70,7 @@ def _request(model: str):
 
 
 def test_headers_travel_as_metadata_and_the_answer_is_parsed(server_port):
-    events = _Events()
+    events = RecordedEvents()
     client = _client(server_port, events, credentials=Credentials(headers=(("X-Tenant", "blue"),)))
     try:
         assert client.send(_request("echo"), "steady")
@@ -107,7 +84,7 @@ def test_headers_travel_as_metadata_and_the_answer_is_parsed(server_port):
 
 
 def test_status_errors_read_as_tritonclient_would_and_are_recorded(server_port):
-    events = _Events()
+    events = RecordedEvents()
     client = _client(server_port, events)
     try:
         assert not client.send(_request("missing"), "steady")
@@ -118,7 +95,7 @@ def test_status_errors_read_as_tritonclient_would_and_are_recorded(server_port):
 
 
 def test_deadline_ends_the_call_while_the_hub_keeps_running(server_port):
-    events = _Events()
+    events = RecordedEvents()
     client = _client(server_port, events, timeout_s=0.3)
     ticks = []
 
@@ -138,7 +115,7 @@ def test_deadline_ends_the_call_while_the_hub_keeps_running(server_port):
 
 
 def test_a_kill_mid_request_is_recorded_and_the_late_answer_is_harmless(server_port):
-    events = _Events()
+    events = RecordedEvents()
     client = _client(server_port, events, timeout_s=1.0)
     sender = gevent.spawn(client.send, _request("slow"), "steady")
     gevent.sleep(0.05)

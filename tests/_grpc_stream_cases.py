@@ -31,7 +31,7 @@ from loadtest.generative.context import GenerativeContext, LLMEndpoint  # noqa: 
 from loadtest.generative.prompts import Prompt  # noqa: E402
 from loadtest.generative.settings import GenerationOptions  # noqa: E402
 from loadtest.load.clock import CLOCK  # noqa: E402
-from loadtest.load.grpc_loop import grpc_loop  # noqa: E402
+from _grpc_servers import RecordedEvents, serve_on_loop  # noqa: E402
 from loadtest.load.stream_clients import GrpcStreamClient, prepare_requests  # noqa: E402
 
 SERVED = monkey.get_original("threading", "Event")  # set by the server (loop thread), waited on with the hub blocked
@@ -85,45 +85,18 @@ async def _stream_infer(requests, context):
 
 @pytest.fixture(scope="module")
 def server_port():
-    loop = grpc_loop()
-
-    async def start():
-        import grpc.aio
-
-        server = grpc.aio.server()
-        handler = grpc.method_handlers_generic_handler(
-            "inference.GRPCInferenceService", {"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(_stream_infer)}
-        )
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = loop.run(start)
-    yield port
-    loop.run(server.stop, None)
-
-
-class _Events:
-    def __init__(self):
-        self.fired = []
-
-    def fire(self, **kwargs):
-        self.fired.append(kwargs)
-
-    def records(self):
-        return [f["context"]["loadtest_record"] for f in self.fired]
+    yield from serve_on_loop({"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(_stream_infer)})
 
 
 def _client(port: int, models: tuple[str, ...], prompt: str = "one two three", timeout_s: float = 5.0,
-            headers: tuple = ()) -> tuple[GrpcStreamClient, _Events, dict]:  # fmt: skip
+            headers: tuple = ()) -> tuple[GrpcStreamClient, RecordedEvents, dict]:  # fmt: skip
     generation = dataclasses.replace(GenerationOptions.from_namespace(None), api="triton-grpc", warmup_requests=0)
     context = GenerativeContext(
         options=None, generation=generation, endpoint=LLMEndpoint("triton-grpc", Endpoint("grpc", "127.0.0.1", port)),
         models=models, prompts=(Prompt(prompt, None, len(prompt.split()), 8),), payload_description="test",
         teacher=None, student=None, counter=None, extra={}, credentials=Credentials(headers=headers),
     )  # fmt: skip
-    events = _Events()
+    events = RecordedEvents()
     client = GrpcStreamClient(context, events, scenario="test", worker="w", timeout_s=timeout_s)
     return client, events, {model: requests[0] for model, requests in prepare_requests(context).items()}
 

@@ -219,21 +219,16 @@ class GrpcLoop:
 
     def unary_channel(self, target: str, method: str, *, credentials=None, options=()) -> UnaryMethod:
         """A channel to ``target`` (TLS when ``credentials`` is given) and its raw-bytes ``method``."""
-
-        def open_channel():
-            import grpc.aio
-
-            if credentials is not None:
-                channel = grpc.aio.secure_channel(target, credentials, options=list(options))
-            else:
-                channel = grpc.aio.insecure_channel(target, options=list(options))
-            return channel, channel.unary_unary(method, request_serializer=None, response_deserializer=None)
-
-        channel, multicallable = self.run(open_channel)
+        channel, multicallable = self._open(target, method, "unary_unary", credentials, options)
         return UnaryMethod(self, channel, multicallable)
 
     def stream_channel(self, target: str, method: str, *, credentials=None, options=()) -> StreamMethod:
         """A channel to ``target`` (TLS when ``credentials`` is given) and its raw-bytes stream-stream ``method``."""
+        channel, multicallable = self._open(target, method, "stream_stream", credentials, options)
+        return StreamMethod(self, channel, multicallable)
+
+    def _open(self, target: str, method: str, kind: str, credentials, options):
+        """Open the channel on the loop thread (grpc.aio channels belong to the loop that made them)."""
 
         def open_channel():
             import grpc.aio
@@ -242,10 +237,9 @@ class GrpcLoop:
                 channel = grpc.aio.secure_channel(target, credentials, options=list(options))
             else:
                 channel = grpc.aio.insecure_channel(target, options=list(options))
-            return channel, channel.stream_stream(method, request_serializer=None, response_deserializer=None)
+            return channel, getattr(channel, kind)(method, request_serializer=None, response_deserializer=None)
 
-        channel, multicallable = self.run(open_channel)
-        return StreamMethod(self, channel, multicallable)
+        return self.run(open_channel)
 
 
 class UnaryMethod:
