@@ -75,7 +75,7 @@ def main() -> None:
 
     from loadtest.analysis.capacity import StepRules, capacity_at_budget
     from loadtest.sweep import SweepSettings, SweepTarget, judge_step, run_step, run_sweep
-    from loadtest.sweep.host import quiet_host_monitor, wait_for_quiet_host
+    from loadtest.sweep.host import HostWatch
 
     console = Console()
     server = None
@@ -129,14 +129,12 @@ def main() -> None:
         order = list(grid)
         if not args.ascending:  # a host whose speed drifts over minutes would otherwise confound load with time
             random.Random(0).shuffle(order)
-        monitor = quiet_host_monitor(host, None)  # grid steps start on a quiet host too, as the sweep's do
-        for i, load in enumerate(order, 1):
-            if monitor is not None:
-                wait_for_quiet_host(monitor, settings.host_busy_share, settings.host_quiet_wait_s, console.print)
-                monitor.begin_window("grid")
-            step_dir, label, _ = run_step(brute_dir, target, settings, args.model, i, load)
+        watch = HostWatch(host, None, settings.host_busy_share, settings.host_quiet_wait_s, console.print)
+        for i, load in enumerate(order, 1):  # grid steps start on a quiet host too, as the sweep's do
+            with watch.step() as seen:
+                step_dir, label, _ = run_step(brute_dir, target, settings, args.model, i, load)
             step = judge_step(step_dir, label, args.model, settings, load)
-            note = f" ({monitor.end_window('grid').describe()})" if monitor is not None else ""
+            note = f" ({seen.note}; machine speed {seen.speed:.2f}×)" if seen.speed is not None else ""
             steps.append(step)
             ok = step.within(args.budget_ms)
             console.print(f"  {load:g} req/s: {step.achieved_qps:.1f} achieved, P{args.percentile:g} "

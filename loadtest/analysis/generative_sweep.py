@@ -248,7 +248,7 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
     """Sweep every model in turn with the same settings; write the sweep's run directory."""
     from rich.console import Console
 
-    from loadtest.sweep.host import quiet_host_monitor, wait_for_quiet_host
+    from loadtest.sweep.host import HostWatch
     from loadtest.sweep.run import _Ticker
     from loadtest.rundir import RunDir, create_run_dir
 
@@ -268,8 +268,8 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
     })  # fmt: skip
     results: dict[str, GenerativeSearch] = {}
     previous: GenerativeSearch | None = None
-    monitor = quiet_host_monitor(target.host, None)
-    first_speed: list[float] = []
+    watch = HostWatch(target.host, None, settings.host_busy_share, settings.host_quiet_wait_s,
+                      lambda line: console.print(f"  [dim]{line}[/]"))
     for model in models:
         counter = {"i": 0}
         start = settings.start
@@ -280,16 +280,8 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
         def measure(rate: float, model: str = model) -> Step:
             counter["i"] += 1
             expected = settings.warmup_s + settings.step_duration(rate) + 6
-            speed = None
-            if monitor is not None:
-                _, probe = wait_for_quiet_host(monitor, settings.host_busy_share, settings.host_quiet_wait_s,
-                                               lambda line: console.print(f"  [dim]{line}[/]"))
-                first_speed[:] = first_speed or [probe]
-                speed = probe / first_speed[0]
-                monitor.begin_window("step")
-            with _Ticker(console, f"{model} step {counter['i']}: {rate:g} req/s", expected):
+            with watch.step() as host, _Ticker(console, f"{model} step {counter['i']}: {rate:g} req/s", expected):
                 step_dir, label = run_step(sweep_dir, target, settings, model, counter["i"], rate)
-            others = monitor.end_window("step").others_share if monitor is not None else None
             frame = merge_step(sweep_dir, step_dir, label)
             step_manifest = RunDir(step_dir).read_manifest()
             measured = next((s for s in step_manifest.get("stages", []) if s.get("name") == label), {})
@@ -299,8 +291,7 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
             manifest.setdefault("versions", step_manifest.get("versions"))
             rundir.write_manifest(manifest)
             step = judge(frame, model, label, rate, settings)
-            step.others_share = round(others, 4) if others is not None else None
-            step.host_speed = round(speed, 3) if speed else None
+            step.others_share, step.host_speed = host.others_share, host.speed
             return step
 
         result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r), start=start)

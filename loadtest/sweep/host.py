@@ -13,7 +13,9 @@ records what the neighbours took (``StepResult.others_share``), so a disturbed f
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 from loadtest.errors import LoadtestError
 from loadtest.load.host_cpu import HostCpuMonitor
@@ -62,3 +64,38 @@ def wait_for_quiet_host(monitor: HostCpuMonitor, busy_share: float, max_wait_s: 
         if not told and on_line:
             on_line(f"host busy ({share.describe()}): waiting up to {max_wait_s:g} s before the step")
             told = True
+
+
+@dataclass
+class StepHost:
+    """What the host did around one step: its speed before (relative to the sweep's first step), others' CPU during."""
+
+    speed: float | None = None
+    others_share: float | None = None
+    note: str = ""
+
+
+class HostWatch:
+    """Both sweeps' per-step routine: wait for a quiet host, probe its speed, measure others' CPU over the step."""
+
+    def __init__(self, host: str, protocol: str | None, busy_share: float, max_wait_s: float,
+                 on_line: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.monitor = quiet_host_monitor(host, protocol)
+        self.busy_share, self.max_wait_s, self.on_line = busy_share, max_wait_s, on_line
+        self._first_speed: float | None = None
+
+    @contextmanager
+    def step(self) -> Iterator[StepHost]:
+        seen = StepHost()
+        if self.monitor is None:
+            yield seen
+            return
+        _, probe = wait_for_quiet_host(self.monitor, self.busy_share, self.max_wait_s, self.on_line)
+        self._first_speed = self._first_speed or probe
+        seen.speed = round(probe / self._first_speed, 3)
+        self.monitor.begin_window("step")
+        try:
+            yield seen
+        finally:
+            share = self.monitor.end_window("step")
+            seen.others_share, seen.note = round(share.others_share, 4), share.describe()

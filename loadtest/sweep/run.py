@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loadtest.analysis.capacity import StepResult
 from loadtest.sweep.merge import merge_step
-from loadtest.sweep.host import quiet_host_monitor, wait_for_quiet_host
+from loadtest.sweep.host import HostWatch
 from loadtest.sweep.search import SearchResult, SweepSettings, disturbed, passes, search
 from loadtest.sweep.steps import SweepTarget, judge_step, run_step
 
@@ -54,8 +54,8 @@ def run_sweep(
     }
     rundir.write_manifest(base)
     results: dict[str, SearchResult] = {}
-    monitor = quiet_host_monitor(target.host, target.protocol)
-    first_speed: list[float] = []  # the speed probe before the sweep's first step: the reference
+    watch = HostWatch(target.host, target.protocol, settings.host_busy_share, settings.host_quiet_wait_s,
+                      lambda line: console.print(f"  [dim]{line}[/]"))
     for model in models:
         counter = {"i": 0}
 
@@ -63,18 +63,9 @@ def run_sweep(
             counter["i"] += 1
             step_s = settings.warmup_s + settings.step_duration(load)
             unit = "req/s" if settings.mode == "open" else "users"
-            key = f"{model}-{counter['i']}"
-            speed = None
-            if monitor is not None:
-                _, probe = wait_for_quiet_host(monitor, settings.host_busy_share, settings.host_quiet_wait_s,
-                                               lambda line: console.print(f"  [dim]{line}[/]"))
-                first_speed[:] = first_speed or [probe]
-                speed = probe / first_speed[0]
-                monitor.begin_window(key)
-            with _Ticker(console, f"{model} step {counter['i']}: {load:g} {unit}", step_s + 4):
+            with watch.step() as host, _Ticker(console, f"{model} step {counter['i']}: {load:g} {unit}", step_s + 4):
                 step_dir, label, _ = run_step(sweep_dir, target, settings, model, counter["i"], load,
                                               on_drain=lambda line: console.print(f"  [dim]{line}[/]"))
-            host = monitor.end_window(key) if monitor is not None else None
             stage = merge_step(sweep_dir, step_dir, label, model, settings)
             step_manifest = stage.pop("_manifest")
             manifest = rundir.read_manifest()
@@ -88,10 +79,7 @@ def run_sweep(
             _keep_peak_memory(manifest, step_manifest.get("serving_footprint"))
             rundir.write_manifest(manifest)
             step = judge_step(step_dir, label, model, settings, load)
-            if host is not None:
-                step = replace(step, others_share=round(host.others_share, 4), host_note=host.describe(),
-                               host_speed=round(speed, 3) if speed else None)
-            return step
+            return replace(step, others_share=host.others_share, host_note=host.note, host_speed=host.speed)
 
         result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r, settings))
         results[model] = result
