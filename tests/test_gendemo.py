@@ -71,3 +71,22 @@ def test_an_overloaded_failure_is_retried_under_the_rate_it_delivered():
     result = search(measure, settings, "m")
     assert [s.rate for s in result.steps][:4] == [10.0, 20.0, 40.0, 80.0]
     assert result.steps[4].rate == 42.8  # 95 % of the 45 req/s it delivered, not of the 80 offered
+
+
+def test_a_failure_the_hosts_neighbours_disturbed_is_measured_again():
+    from loadtest.analysis.generative_sweep import GenerativeSweepSettings, Step, search
+
+    settings = GenerativeSweepSettings(slo=SLO(ttft_ms=250, itl_ms=25), start=10.0, max_steps=12)
+    busy = {40.0}
+
+    def measure(rate):
+        delivered = SimpleNamespace(requests_per_s=min(rate, 60.0))
+        if rate in busy:  # others took half the machine: fails once, then passes when measured again
+            busy.discard(rate)
+            return Step("m", f"m-{rate:g}", rate, delivered, False, ["P95 TTFT"], others_share=0.5)
+        return Step("m", f"m-{rate:g}", rate, delivered, rate <= 50.0, [] if rate <= 50.0 else ["P95 TTFT"], others_share=0.0)
+
+    result = search(measure, settings, "m")
+    rates = [s.rate for s in result.steps]
+    assert rates[:4] == [10.0, 20.0, 40.0, 40.0] and rates.count(80.0) == 1  # an undisturbed failure is not
+    assert result.best.rate >= 40.0

@@ -138,6 +138,12 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
         result.steps.append(step)
         if on_step:
             on_step(step, result)
+        disturbed = step.others_share is not None and step.others_share >= settings.host_busy_share
+        if not step.passed and disturbed and len(result.steps) < settings.max_steps:
+            step = measure(rate)  # other processes took the machine during that step: its failure may be theirs
+            result.steps.append(step)
+            if on_step:
+                on_step(step, result)
         if step.passed and (result.best is None or rate > result.best.rate):
             result.best = step
         if not step.passed and (result.failing_rate is None or rate < result.failing_rate):
