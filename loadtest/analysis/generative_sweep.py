@@ -127,6 +127,7 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
            on_step: Callable[[Step, GenerativeSearch], None] | None = None,
            start: float | None = None) -> GenerativeSearch:  # fmt: skip
     """Grow, retry the first failure once lower, bisect to ±tolerance (MLPerf server-scenario style)."""
+    from loadtest.sweep.host import is_disturbed
     from loadtest.sweep.search import retry_below  # the same retry rule as the latency-budget search
 
     result = GenerativeSearch(model)
@@ -138,8 +139,8 @@ def search(measure: Callable[[float], Step], settings: GenerativeSweepSettings, 
         result.steps.append(step)
         if on_step:
             on_step(step, result)
-        disturbed = step.others_share is not None and step.others_share >= settings.host_busy_share
-        if not step.passed and disturbed and len(result.steps) < settings.max_steps:
+        if not step.passed and is_disturbed(step.others_share, settings.host_busy_share) \
+                and len(result.steps) < settings.max_steps:
             step = measure(rate)  # other processes took the machine during that step: its failure may be theirs
             result.steps.append(step)
             if on_step:
@@ -300,7 +301,10 @@ def run_generative_sweep(target: GenerativeTarget, settings: GenerativeSweepSett
             step.others_share, step.host_speed = host.others_share, host.speed
             return step
 
-        result = search(measure, settings, model, on_step=lambda s, r: _print_step(console, s, r), start=start)
+        def on_step(step: Step, result: GenerativeSearch) -> None:
+            _print_step(console, step, result, settings.host_busy_share)
+
+        result = search(measure, settings, model, on_step=on_step, start=start)
         results[model] = result
         previous = result
         manifest = rundir.read_manifest()
@@ -332,16 +336,19 @@ def result_line(result: GenerativeSearch, settings: GenerativeSweepSettings) -> 
             f"P95 ITL {f.p('itl', 95) * 1000:.4g} ms — {result.stopped}, {len(result.steps)} steps")
 
 
-def _print_step(console, step: Step, result: GenerativeSearch) -> None:
+def _print_step(console, step: Step, result: GenerativeSearch, busy_share: float) -> None:
+    from loadtest.sweep.host import is_disturbed, speed_note
+
     f = step.figures
     figures = (f"{f.requests_per_s:.3g} req/s, P95 TTFT {f.p('ttft', 95) * 1000:.4g} ms, P95 ITL "
                f"{f.p('itl', 95) * 1000:.4g} ms, errors {f.error_rate:.1%}") if f else "no figures"  # fmt: skip
     mark = "[green]pass[/]" if step.passed else "[red]fail[/]"
     notes = list(step.reasons)
-    if step.others_share is not None and step.others_share >= 0.1:
+    if is_disturbed(step.others_share, busy_share):
         notes.append(f"others took {step.others_share:.0%} of the machine")
-    if step.host_speed is not None and abs(step.host_speed - 1) >= 0.1:
-        notes.append(f"machine at {step.host_speed:.2f}× its speed at the first step")
+    speed = speed_note(step.host_speed)
+    if speed:
+        notes.append(speed)
     why = f" [dim]({'; '.join(notes)})[/]" if notes else ""
     interval = ""
     if result.best is not None:

@@ -184,6 +184,8 @@ def cost_view(a: "Analysis") -> View:
 def steps_view(a: "Analysis") -> View:
     headers = ["Model", "Step", "Load", "Achieved QPS", f"P{a.percentile:g} ms [95 % CI]", "Errors", "Counts",
                "Within budget", "Why not"]
+    from loadtest.sweep.host import speed_note
+
     host = any(s.others_share is not None for s in a.steps)
     if host:
         headers[-1:-1] = ["Others' CPU", "Machine speed"]
@@ -198,7 +200,7 @@ def steps_view(a: "Analysis") -> View:
         if host:
             row[-1:-1] = [fmt.rate(s.others_share) if s.others_share is not None else fmt.MISSING,
                           f"{s.host_speed:.2f}×" if s.host_speed is not None else fmt.MISSING]
-            style[-1:-1] = ["muted", "muted" if s.host_speed is None or abs(s.host_speed - 1) < 0.1 else "bad"]
+            style[-1:-1] = ["muted", "bad" if speed_note(s.host_speed) else "muted"]
         rows.append(row)
         styles.append(style)
     caption = "Each stage of each model, judged by the step rules above."

@@ -93,13 +93,6 @@ class HostCpuMonitor:
             server_cores=server,
         )  # fmt: skip
 
-    def sample(self, seconds: float) -> HostShare:
-        """One window of ``seconds`` with nothing of ours running: how busy the neighbours are now."""
-        key = f"_sample-{time.monotonic()}"
-        self.begin_window(key)
-        time.sleep(seconds)
-        return self.end_window(key)
-
     def sample_with_speed(self, seconds: float) -> tuple[HostShare, float]:
         """A window of ``seconds`` spent running ``speed_probe``: how busy the neighbours are, and how fast we are."""
         key = f"_probe-{time.monotonic()}"

@@ -23,23 +23,32 @@ from loadtest.load.host_cpu import HostCpuMonitor
 SAMPLE_S = 1.0
 
 
+NOTABLE_SPEED_CHANGE = 0.1  # a step's machine speed this far from the first step's is named with the step
+
+
+def is_disturbed(others_share: float | None, busy_share: float) -> bool:
+    """Other processes took at least ``busy_share`` of the machine while the step ran."""
+    return others_share is not None and others_share >= busy_share
+
+
+def speed_note(speed: float | None) -> str:
+    """A step's machine speed in words when it is notably off the first step's; "" otherwise."""
+    if speed is None or abs(speed - 1) < NOTABLE_SPEED_CHANGE:
+        return ""
+    return f"machine at {speed:.2f}× its speed at the first step"
+
+
 def quiet_host_monitor(host: str, protocol: str | None) -> HostCpuMonitor | None:
     """A CPU monitor for the target (its server counted apart when local); None where /proc is missing."""
-    from urllib.parse import urlsplit
-
     from loadtest.endpoint import parse_endpoint
 
     if not HostCpuMonitor.available():
         return None
     try:
         endpoint = parse_endpoint(host, protocol or "auto")
-        return HostCpuMonitor(endpoint.host, endpoint.port)
-    except LoadtestError:  # an OpenAI-style URL with a path: find the port ourselves
-        parts = urlsplit(host if "://" in host else f"//{host}")
-        try:
-            return HostCpuMonitor(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
-        except ValueError:
-            return HostCpuMonitor()
+    except LoadtestError:  # a host the pre-flight would refuse: no server to count apart
+        return HostCpuMonitor()
+    return HostCpuMonitor(endpoint.host, endpoint.port)
 
 
 def wait_for_quiet_host(monitor: HostCpuMonitor, busy_share: float, max_wait_s: float,

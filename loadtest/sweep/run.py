@@ -15,7 +15,7 @@ from pathlib import Path
 
 from loadtest.analysis.capacity import StepResult
 from loadtest.sweep.merge import merge_step
-from loadtest.sweep.host import HostWatch
+from loadtest.sweep.host import HostWatch, speed_note
 from loadtest.sweep.search import SearchResult, SweepSettings, disturbed, passes, search
 from loadtest.sweep.steps import SweepTarget, judge_step, run_step
 
@@ -91,9 +91,6 @@ def run_sweep(
     return SweepOutcome(sweep_dir, results)
 
 
-SPEED_NOTE = 0.1  # a step line names the machine's speed when it differs from the first step's by this much
-
-
 def _keep_peak_memory(manifest: dict, step_footprint) -> None:
     """Each step measured the serving processes' memory; the sweep keeps every model's highest peak."""
     if not isinstance(step_footprint, dict):
@@ -137,8 +134,7 @@ def _print_step(console, step: StepResult, result: SearchResult, settings: Sweep
     why_text = step.why_not_within(settings.budget_ms)
     if disturbed(step, settings):
         why_text = "; ".join(t for t in (why_text, f"host busy: {step.host_note}") if t)
-    if step.host_speed is not None and abs(step.host_speed - 1) >= SPEED_NOTE:
-        why_text = "; ".join(t for t in (why_text, f"machine at {step.host_speed:.2f}× its speed at the first step") if t)
+    why_text = "; ".join(t for t in (why_text, speed_note(step.host_speed)) if t)
     why = f" [dim]({why_text})[/]" if why_text else ""
     interval = ""
     if result.best is not None:

@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from loadtest.analysis.capacity import BELOW_OFFERED, UNSTABLE, StepResult, StepRules
+from loadtest.sweep.host import is_disturbed
 
 
 class SweepSettings(BaseModel):
@@ -85,7 +86,7 @@ def _only_stability(step: StepResult, budget_ms: float) -> bool:
 
 def disturbed(step: StepResult, settings: SweepSettings) -> bool:
     """Other processes took at least ``host_busy_share`` of the machine while the step ran."""
-    return step.others_share is not None and step.others_share >= settings.host_busy_share
+    return is_disturbed(step.others_share, settings.host_busy_share)
 
 
 def _worth_measuring_again(step: StepResult, settings: SweepSettings, best: StepResult | None) -> bool:
