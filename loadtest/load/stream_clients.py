@@ -408,16 +408,11 @@ class GrpcStreamClient(StreamingClient):
         self._result = InferResult
         self.idle: list = []  # open streams with no request in flight
         self.all: list = []
-        self._wire: dict[int, bytes] = {}  # id(request) -> bytes, for requests prepared without them
 
     def _request_bytes(self, request: GenerativeRequest) -> bytes:
-        if request.wire:
-            return request.wire
-        wire = self._wire.get(id(request))
-        if wire is None:
-            wire = self._wire[id(request)] = grpc_stream_request(request.model, request.text, request.prompt.max_tokens,
-                                                                 self.stream, request.sampling)  # fmt: skip
-        return wire
+        """Serialised once by ``prepare_requests``; a request built without its bytes is serialised here."""
+        return request.wire or grpc_stream_request(request.model, request.text, request.prompt.max_tokens,
+                                                   self.stream, request.sampling)
 
     def _exchange(self, request: GenerativeRequest, answer: Answer) -> None:
         from tritonclient.utils import InferenceServerException
