@@ -196,16 +196,22 @@ def run_wrk(rnd: int, host: str, body: dict, args, work: Path) -> Measurement:
                        int(errors.group(1)) if errors else 0)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def client_arguments(doc: str, clients: str, connections_help: str, tokens_help: str) -> argparse.ArgumentParser:
+    """The options both client-cost benchmarks take (this one and stream_client_cost.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration", type=int, default=15, help="seconds per client per round")
-    parser.add_argument("--connections", type=int, default=16, help="Locust users / wrk connections")
-    parser.add_argument("--tokens", type=int, default=16, help="tokens per request")
-    parser.add_argument("--clients", default="wrk,bare,http,grpc")
+    parser.add_argument("--connections", type=int, default=16, help=connections_help)
+    parser.add_argument("--tokens", type=int, default=16, help=tokens_help)
+    parser.add_argument("--clients", default=clients)
     parser.add_argument("--profile", type=Path, help="profile each Locust client with py-spy in round 1, into this folder")
     parser.add_argument("--profile-format", default="flamegraph", choices=["flamegraph", "raw", "speedscope"],
                         help="py-spy output: flamegraph (SVG) or raw (collapsed stacks, for grep and sums)")
+    return parser
+
+
+def main() -> None:
+    parser = client_arguments(__doc__, "wrk,bare,http,grpc", "Locust users / wrk connections", "tokens per request")
     args = parser.parse_args()
 
     from loadtest.serving import EmbeddedTriton, ServerPorts

@@ -33,7 +33,6 @@ asserted: the figures are what this machine measured while it ran.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -49,7 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from client_cost import Measurement, run_locust  # noqa: E402
+from client_cost import Measurement, client_arguments, run_locust  # noqa: E402
 
 MODEL = "noop_stream"
 PROMPT = "the quick brown fox jumps over the lazy dog"
@@ -195,14 +194,8 @@ def versions() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--duration", type=int, default=15, help="seconds per client per round")
-    parser.add_argument("--connections", type=int, default=16, help="Locust users")
-    parser.add_argument("--tokens", type=int, default=16, help="output tokens per request (one per response)")
-    parser.add_argument("--clients", default="bare-grpc,grpc,bare-sse,sse")
-    parser.add_argument("--profile", type=Path, help="profile each client with py-spy in round 1, into this folder")
-    parser.add_argument("--profile-format", default="flamegraph", choices=["flamegraph", "raw", "speedscope"])
+    parser = client_arguments(__doc__, "bare-grpc,grpc,bare-sse,sse", "Locust users",
+                              "output tokens per request (one per response)")
     args = parser.parse_args()
 
     from loadtest.generative import protocols as wire
