@@ -196,6 +196,16 @@ def run_wrk(rnd: int, host: str, body: dict, args, work: Path) -> Measurement:
                        int(errors.group(1)) if errors else 0)
 
 
+def round_ratios(results: list[Measurement], client: str, baseline: str) -> list[float]:
+    """``client``'s CPU per request over ``baseline``'s in the same round, round by round."""
+    ratios = []
+    for m in (m for m in results if m.client == client):
+        base = next((b for b in results if b.client == baseline and b.round == m.round), None)
+        if base is not None:
+            ratios.append(m.cpu_us_per_request / base.cpu_us_per_request)
+    return ratios
+
+
 def client_arguments(doc: str, clients: str, connections_help: str, tokens_help: str) -> argparse.ArgumentParser:
     """The options both client-cost benchmarks take (this one and stream_client_cost.py)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,11 +263,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for client in clients:
         mine = [m for m in results if m.client == client]
-        ratios = []
-        for m in mine:
-            base = next((b for b in results if b.client == "bare" and b.round == m.round), None)
-            if base is not None:
-                ratios.append(m.cpu_us_per_request / base.cpu_us_per_request)
+        ratios = round_ratios(results, client, "bare")
         ratio = " / ".join(f"{r:.2f}×" for r in ratios) if ratios else "—"
         print(f"| {label.get(client, client)} | {' / '.join(f'{m.rps:,.0f}' for m in mine)} | "
               f"{' / '.join(f'{m.cpu_us_per_request:.0f}' for m in mine)} µs | {ratio} |")

@@ -48,7 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from client_cost import Measurement, client_arguments, run_locust  # noqa: E402
+from client_cost import Measurement, client_arguments, round_ratios, run_locust  # noqa: E402
 
 MODEL = "noop_stream"
 PROMPT = "the quick brown fox jumps over the lazy dog"
@@ -277,11 +277,7 @@ def report(args, clients, results) -> None:
     print("|---|---|---|---|---|---|")
     for client in clients:
         mine = [m for m in results if m.client == client]
-        ratios = []
-        for m in mine:
-            base = next((b for b in results if b.client == BASELINE.get(client, client) and b.round == m.round), None)
-            if base is not None:
-                ratios.append(m.cpu_us_per_request / base.cpu_us_per_request)
+        ratios = round_ratios(results, client, BASELINE.get(client, client))
         ratio = " / ".join(f"{r:.2f}×" for r in ratios) if ratios else "—"
         print(f"| {LABELS.get(client, client)} | {' / '.join(f'{m.rps:,.0f}' for m in mine)} | "
               f"{' / '.join(f'{m.rps * args.tokens:,.0f}' for m in mine)} | "
